@@ -1,0 +1,1 @@
+"""simclr_tf data: sources, augmentations and input pipelines."""

@@ -1,0 +1,1 @@
+"""simclr_tf models: ResNet encoder, heads and the SimCLR training model."""
