@@ -35,14 +35,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_with_devices(snippet, num_devices=1, timeout=600, env=None):
-  """Runs `snippet` with `num_devices` logical CPU devices; returns the object passed to report()."""
-  code = _PRELUDE.format(num_devices=num_devices, mark=_MARK) + textwrap.dedent(snippet)
-  proc_env = dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {}))
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        timeout=timeout, env=proc_env, cwd=REPO_ROOT)
-  if proc.returncode != 0:
-    raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  reports = [line[len(_MARK):] for line in proc.stdout.splitlines() if line.startswith(_MARK)]
-  if len(reports) != 1:
-    raise AssertionError(f"expected one report, got {len(reports)}:\n{proc.stdout[-2000:]}")
-  return json.loads(reports[0])
+    """Runs `snippet` with `num_devices` logical CPU devices; returns the object passed to report()."""
+    code = _PRELUDE.format(num_devices=num_devices, mark=_MARK) + textwrap.dedent(snippet)
+    proc_env = dict(os.environ, PYTHONPATH=REPO_ROOT, **(env or {}))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                timeout=timeout, env=proc_env, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    reports = [line[len(_MARK):] for line in proc.stdout.splitlines() if line.startswith(_MARK)]
+    if len(reports) != 1:
+        raise AssertionError(f"expected one report, got {len(reports)}:\n{proc.stdout[-2000:]}")
+    return json.loads(reports[0])
