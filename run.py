@@ -1,0 +1,37 @@
+"""SimCLR from the command line, with the reference's flag names.
+
+  python run.py --mode=train_then_eval --flagfile=flags/builtin_quickstart.flags
+"""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf import flags as simclr_flags  # noqa: E402
+
+simclr_flags.define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from simclr_tf import train  # Imports TensorFlow: after flag parsing so --help stays fast.
+
+    try:
+        cfg = simclr_flags.config_from_flags(flags.FLAGS)
+        result = train.run(cfg)
+    except (config_lib.ConfigError, FileNotFoundError) as error:
+        logging.error("%s", error)
+        raise SystemExit(f"error: {error}") from None
+    if result is not None:
+        print(f"Linear probe on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
+              f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

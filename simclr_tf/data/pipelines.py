@@ -1,0 +1,98 @@
+"""Input pipelines: two-view pretraining batches and center-cropped evaluation batches.
+
+Each builder returns a `tf.data.Dataset` for one input pipeline; `distributed(...)` turns a builder into
+per-replica datasets with `strategy.distribute_datasets_from_function`, so every replica receives
+`global_batch // num_replicas` examples and every worker reads its own shard.
+
+Augmentations are applied to whole batches when the source's images all have one size (vectorized, per-image
+randomness), and to single images before batching otherwise. Randomness comes from a stateless seed stream,
+so a pipeline built with a seed yields the same views every time.
+"""
+import random
+
+import tensorflow as tf
+
+from simclr_tf.config import DataConfig
+from simclr_tf.data import augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _to_float(images):
+    return tf.image.convert_image_dtype(images, tf.float32)
+
+
+def _seed_stream(seed):
+    """An endless dataset of stateless seeds of shape [2]."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+
+
+def _shard(ds, input_context):
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return ds
+
+
+def pretrain_augmenter(data: DataConfig, seed=None) -> augment.PretrainAugment:
+    return augment.PretrainAugment(
+        height=data.image_size, width=data.image_size,
+        color_jitter_strength=data.color_jitter_strength,
+        color_jitter_impl=data.color_jitter_impl,
+        use_blur=data.blur, seed=seed)
+
+
+def eval_preprocessor(data: DataConfig) -> augment.CenterCropResize:
+    # As in the paper, CIFAR-sized images are evaluated whole, larger ones center-cropped to 87.5%.
+    return augment.CenterCropResize(data.image_size, data.image_size, crop=not data.cifar_stem)
+
+
+def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_context=None, seed=None):
+    """Endless `((view_1, view_2), label)` batches of `batch_size` images in [0, 1]."""
+    ds = _shard(source.dataset(split, shuffle_files=True, seed=seed), input_context)
+    if data.cache_dataset:
+        ds = ds.cache()
+    ds = ds.shuffle(data.shuffle_buffer, seed=seed).repeat()
+    augmenter = pretrain_augmenter(data)
+
+    def make_views(example, view_seed):
+        views = augment.two_views(augmenter, _to_float(example["image"]), view_seed)
+        return views, example["label"]
+
+    if source.info.image_shape is not None:
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(make_views, num_parallel_calls=AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(make_views, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None):
+    """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short."""
+    ds = _shard(source.dataset(split, shuffle_files=False), input_context)
+    if data.cache_dataset:
+        ds = ds.cache()
+    preprocess = eval_preprocessor(data)
+
+    def prepare(example):
+        return preprocess(_to_float(example["image"])), example["label"]
+
+    if source.info.image_shape is not None:
+        ds = ds.batch(batch_size).map(prepare, num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    return ds.prefetch(AUTOTUNE)
+
+
+def distributed(strategy, build_fn, global_batch_size, **kwargs):
+    """Per-replica datasets from `build_fn(..., batch_size=per_replica, input_context=ctx)`."""
+
+    def dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        return build_fn(batch_size=per_replica, input_context=input_context, **kwargs)
+
+    if strategy.num_replicas_in_sync == 1:
+        return dataset_fn(tf.distribute.InputContext())
+    return strategy.distribute_datasets_from_function(dataset_fn)

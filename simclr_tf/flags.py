@@ -1,0 +1,135 @@
+"""Command-line flags (the reference's names) and the one place they become a `Config`.
+
+Defaults are not repeated here: each flag takes the default of its dataclass field in `config.py`.
+"""
+import dataclasses
+import typing
+
+from absl import flags
+from absl import logging
+
+from simclr_tf import config as config_lib
+
+# (section, flag name, help). The flag's type and default come from the dataclass field.
+_FLAG_HELP = [
+    # Data.
+    ("data", "dataset", "A TFDS name (cifar10, imagenet2012, stl10, ...), 'builtin_shapes' (generated, "
+                        "no download), or a folder of images (class subfolders give labels)."),
+    ("data", "data_dir", "Where TFDS keeps its data."),
+    ("data", "train_split", "Split to train on (TFDS slicing such as train[:10%] works)."),
+    ("data", "eval_split", "Split to evaluate on."),
+    ("data", "image_size", "Input image size. 32 or less uses the CIFAR stem (3x3 conv, no max-pool)."),
+    ("data", "color_jitter_strength", "Strength s of colour jitter (brightness/contrast/saturation 0.8s, "
+                                      "hue 0.2s)."),
+    ("data", "color_jitter_impl", "simclrv2: multiplicative brightness; simclrv1: additive."),
+    ("data", "use_blur", "Gaussian blur in pretraining views. Default: on for images above 32 px, off for "
+                         "CIFAR-sized images (the paper's CIFAR setup)."),
+    ("data", "cache_dataset", "Cache the decoded dataset in memory (small datasets only)."),
+    ("data", "corrupt_images", "What to do with an unreadable image in a folder: skip it (logged by path) "
+                               "or fail."),
+    ("data", "shuffle_buffer", "Examples in the shuffle buffer."),
+    ("data", "seed", "Seed of the input pipeline (augmentations, shuffling). Unset: a fresh one per run."),
+    # Model.
+    ("model", "resnet_depth", "Depth of the ResNet: 18, 34, 50, 101, 152 or 200."),
+    ("model", "width_multiplier", "Width multiplier of the ResNet (fractions such as 0.5 work too)."),
+    ("model", "sk_ratio", "Selective kernels when above 0 (SimCLR v2 uses 0.0625)."),
+    ("model", "se_ratio", "Squeeze-and-excite when above 0."),
+    ("model", "batch_norm_decay", "Batch norm moving-average decay (momentum)."),
+    ("model", "batch_norm_epsilon", "Batch norm epsilon."),
+    ("model", "global_bn", "Synchronize batch norm statistics across all replicas."),
+    ("model", "proj_head_mode", "Projection head: none, linear or nonlinear."),
+    ("model", "proj_out_dim", "Output dimension of the projection head."),
+    ("model", "num_proj_layers", "Number of layers of the nonlinear projection head."),
+    ("model", "ft_proj_selector", "Which projection layer feeds the classifier: 0 the encoder output, "
+                                  "-1 the last layer."),
+    ("model", "zero_init_logits_layer", "Zero-initialize the classifier."),
+    ("model", "fine_tune_after_block", "When fine-tuning, train only what comes after this block: -1 "
+                                       "everything, 0 after the stem, 4 the head only."),
+    # Optimization.
+    ("optim", "optimizer", "lars, momentum or adam."),
+    ("optim", "learning_rate", "Learning rate per 256 examples (linear scaling) or per sqrt(batch)."),
+    ("optim", "learning_rate_scaling", "linear: lr x batch/256; sqrt: lr x sqrt(batch)."),
+    ("optim", "warmup_epochs", "Epochs of linear warmup before the cosine decay."),
+    ("optim", "momentum", "Momentum."),
+    ("optim", "weight_decay", "Weight decay (added to the gradient inside LARS; an L2 loss otherwise)."),
+    # Training.
+    ("train", "mode", "train, eval (evaluate the checkpoints in model_dir) or train_then_eval."),
+    ("train", "train_mode", "pretrain."),
+    ("train", "model_dir", "Where checkpoints, summaries, config.json and result.json are written."),
+    ("train", "checkpoint", "A checkpoint to start from when model_dir has none yet."),
+    ("train", "train_batch_size", "Global batch size (images; each gives two views), split over replicas."),
+    ("train", "train_epochs", "Epochs to train for."),
+    ("train", "train_steps", "Steps to train for; overrides train_epochs when set."),
+    ("train", "eval_batch_size", "Batch size for evaluation."),
+    ("train", "eval_steps", "Evaluation steps; 0 evaluates the whole split."),
+    ("train", "checkpoint_epochs", "Epochs between checkpoints and summaries."),
+    ("train", "checkpoint_steps", "Steps between checkpoints; overrides checkpoint_epochs when set."),
+    ("train", "keep_checkpoint_max", "Checkpoints to keep."),
+    ("train", "temperature", "Temperature of the NT-Xent loss."),
+    ("train", "hidden_norm", "L2-normalize projections before the contrastive loss."),
+    ("train", "lineareval_while_pretraining", "Train a linear classifier on frozen features while "
+                                              "pretraining (its top-1 is the reported accuracy)."),
+    ("train", "eval_name", "Name of the evaluation (its results go to result_<name>.json)."),
+    ("train", "seed", "Seed of model initialization."),
+    ("train", "verbose", "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."),
+    # Distribution.
+    ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
+    ("distribute", "tpu_name", "The Cloud TPU to use."),
+    ("distribute", "tpu_zone", "GCE zone of the Cloud TPU."),
+    ("distribute", "gcp_project", "GCP project of the Cloud TPU."),
+    ("distribute", "master", "Address of the TPU master when tpu_name is not given."),
+]
+
+_ENUMS = {
+    "mode": config_lib.MODES,
+    "train_mode": config_lib.TRAIN_MODES,
+    "optimizer": config_lib.OPTIMIZERS,
+    "learning_rate_scaling": config_lib.LEARNING_RATE_SCALINGS,
+    "proj_head_mode": config_lib.PROJ_HEAD_MODES,
+    "corrupt_images": config_lib.CORRUPT_IMAGE_POLICIES,
+    "color_jitter_impl": config_lib.COLOR_JITTER_IMPLS,
+}
+
+_SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(config_lib.Config)}
+
+
+def _field(section, name):
+    for field in dataclasses.fields(_SECTION_TYPES[section]):
+        if field.name == name:
+            return field
+    raise KeyError(f"{section}.{name}")
+
+
+def _base_type(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines every flag of `_FLAG_HELP` on `flag_values` (idempotent)."""
+    for section, name, help_text in _FLAG_HELP:
+        if name in flag_values:
+            continue
+        field = _field(section, name)
+        kind = _base_type(field.type)
+        if name in _ENUMS:
+            flags.DEFINE_enum(name, field.default, list(_ENUMS[name]), help_text, flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_bool(name, field.default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(name, field.default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(name, field.default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, field.default, help_text, flag_values=flag_values)
+
+
+def config_from_flags(flag_values=flags.FLAGS) -> config_lib.Config:
+    """Builds, validates and logs the run's Config from parsed flags."""
+    sections = {section: {} for section in _SECTION_TYPES}
+    for section, name, _ in _FLAG_HELP:
+        sections[section][name] = flag_values[name].value
+    cfg = config_lib.Config(**{s: _SECTION_TYPES[s](**values) for s, values in sections.items()})
+    config_lib.validate(cfg)
+    logging.info("Configuration:\n%s", cfg.to_json())
+    return cfg

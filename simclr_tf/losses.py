@@ -1,0 +1,88 @@
+"""SimCLR losses: NT-Xent contrastive loss (with cross-replica negatives) and supervised loss."""
+import tensorflow as tf
+
+# Subtracted from the logit of each view with itself so softmax gives it zero weight.
+SELF_SIMILARITY_PENALTY = 1e9
+
+
+def _gather_across_replicas(local_1, local_2):
+    """Returns both views of the global batch and where this replica's examples start in it.
+
+    Inside a replica context with more than one replica, the views of all replicas are
+    concatenated in replica order with `all_gather` (gradients flow back to every replica).
+    Elsewhere the local views are the global batch and the offset is 0.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return local_1, local_2, tf.constant(0, tf.int32)
+    global_1 = context.all_gather(local_1, axis=0)
+    global_2 = context.all_gather(local_2, axis=0)
+    # Gathering the local sizes keeps the offset right when replicas hold uneven batches.
+    local_size = tf.reshape(tf.shape(local_1)[0], [1])
+    sizes = context.all_gather(local_size, axis=0)
+    replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    offset = tf.reduce_sum(tf.where(tf.range(tf.size(sizes)) < replica_id, sizes, 0))
+    return global_1, global_2, offset
+
+
+def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=True):
+    """NT-Xent loss of SimCLR between two views of the same images.
+
+    Args:
+        projections_1: `[N, D]` projections of the first view of the local batch.
+        projections_2: `[N, D]` projections of the second view, in the same image order.
+        temperature: softmax temperature applied to the cosine similarities.
+        hidden_norm: whether to L2-normalize the projections first.
+
+    Each view is classified against the other view of every image in the global batch and the
+    same view of every other image (2 * N_global - 1 candidates). Under a multi-replica strategy,
+    the negatives come from all replicas; the loss returned is this replica's mean, so divide it by
+    `num_replicas_in_sync` before gradients are summed over replicas.
+
+    Returns:
+        `(loss, logits_ab, labels)`: the float32 scalar loss, the `[N, N_global]` logits of view 1
+        against view 2, and the `[N, 2 * N_global]` one-hot targets (positive at the global index).
+    """
+    local_1 = tf.cast(projections_1, tf.float32)
+    local_2 = tf.cast(projections_2, tf.float32)
+    if hidden_norm:
+        local_1 = tf.math.l2_normalize(local_1, axis=-1)
+        local_2 = tf.math.l2_normalize(local_2, axis=-1)
+    global_1, global_2, offset = _gather_across_replicas(local_1, local_2)
+
+    local_size = tf.shape(local_1)[0]
+    global_size = tf.shape(global_1)[0]
+    positives = offset + tf.range(local_size)
+    labels = tf.one_hot(positives, 2 * global_size)
+    self_penalty = tf.one_hot(positives, global_size) * SELF_SIMILARITY_PENALTY
+
+    temperature = tf.cast(temperature, tf.float32)
+    logits_ab = tf.matmul(local_1, global_2, transpose_b=True) / temperature
+    logits_ba = tf.matmul(local_2, global_1, transpose_b=True) / temperature
+    logits_aa = tf.matmul(local_1, global_1, transpose_b=True) / temperature - self_penalty
+    logits_bb = tf.matmul(local_2, global_2, transpose_b=True) / temperature - self_penalty
+
+    loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], 1))
+    loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], 1))
+    loss = tf.reduce_mean(loss_a + loss_b)
+    return loss, logits_ab, labels
+
+
+def contrastive_metrics(logits_ab, labels):
+    """Top-1 accuracy and mean softmax entropy of the view-1-vs-view-2 logits."""
+    logits_ab = tf.cast(logits_ab, tf.float32)
+    hits = tf.equal(tf.argmax(labels, axis=1), tf.argmax(logits_ab, axis=1))
+    probabilities = tf.nn.softmax(logits_ab)
+    entropy = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-8), axis=-1)
+    return {
+        "contrast_acc": tf.reduce_mean(tf.cast(hits, tf.float32)),
+        "contrast_entropy": tf.reduce_mean(entropy),
+    }
+
+
+def supervised_loss(labels, logits):
+    """Mean softmax cross-entropy of `logits` against integer class `labels` (float32)."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_mean(losses)

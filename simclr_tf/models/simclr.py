@@ -1,0 +1,164 @@
+"""The SimCLR pretraining model: encoder, projection head, NT-Xent, and an optional online linear probe.
+
+`fit()` takes batches `((view_1, view_2), labels)`; both views go through the encoder as one batch of 2N
+images (so batch norm sees both, as in the paper). `evaluate()` takes `(images, labels)` and reports the
+probe's top-1/top-5. Under a `tf.distribute` strategy the NT-Xent negatives come from all replicas.
+"""
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf import optimizers
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.resnet import ResNet
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class SimCLRModel(keras.Model):
+    """SimCLR: contrastive pretraining of `encoder` through `projection_head`.
+
+    Args:
+      encoder: a `ResNet` (or any model mapping images to pooled features).
+      projection_head: a `ProjectionHead`.
+      num_classes: classes of the online linear probe; 0 disables it.
+      temperature, hidden_norm: of the NT-Xent loss.
+      weight_decay, optimizer_name: the L2 term added to the loss as the reference does (with LARS only
+        the probe's kernel, since LARS decays the rest itself).
+
+    Example:
+      >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                     ProjectionHead(num_layers=2, out_dim=8), num_classes=10)
+      >>> model.compile(optimizer=keras.optimizers.SGD(0.1))
+      >>> views = (tf.random.uniform([4, 32, 32, 3]), tf.random.uniform([4, 32, 32, 3]))
+      >>> logs = model.train_on_batch(views, tf.constant([0, 1, 2, 3]), return_dict=True)
+      >>> sorted(k for k in logs if k.startswith("contrast"))
+      ['contrast_acc', 'contrast_entropy', 'contrast_loss']
+    """
+
+    def __init__(self, encoder, projection_head, num_classes=0, temperature=0.1, hidden_norm=True,
+                 weight_decay=0.0, optimizer_name="lars", **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.projection_head = projection_head
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer_name
+        self.supervised_head = SupervisedHead(num_classes) if num_classes else None
+        names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay"]
+        if num_classes:
+            names += ["supervised_loss", "supervised_acc"]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self._eval_metrics = {}
+        if num_classes:
+            self._eval_metrics = {
+                "supervised_loss": keras.metrics.Mean(name="supervised_loss"),
+                "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
+                "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
+            }
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._eval_metrics.values())
+
+    def call(self, images, training=False):
+        """Returns a dict with `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
+        features = self.encoder(images, training=training)
+        projection, probe_input = self.projection_head(features, training=training)
+        outputs = {"final_avg_pool": features, "proj_head_output": projection}
+        if self.supervised_head is not None:
+            outputs["logits_sup"] = self.supervised_head(
+                tf.stop_gradient(probe_input), training=training)
+        return outputs
+
+    def train_step(self, data):
+        (view_1, view_2), labels = data
+        with tf.GradientTape() as tape:
+            outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
+            proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
+            contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
+                proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm)
+            loss = contrast_loss
+            updates = {"contrast_loss": contrast_loss}
+            updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+            if self.supervised_head is not None:
+                both_labels = tf.concat([labels, labels], axis=0)
+                logits = tf.cast(outputs["logits_sup"], tf.float32)
+                sup_loss = losses.supervised_loss(both_labels, logits)
+                loss += sup_loss
+                updates["supervised_loss"] = sup_loss
+                updates["supervised_acc"] = tf.reduce_mean(tf.cast(
+                    tf.equal(tf.argmax(logits, -1, output_type=both_labels.dtype), both_labels),
+                    tf.float32))
+            decay = optimizers.l2_weight_decay_loss(
+                self.trainable_variables, self.weight_decay, self.optimizer_name)
+            loss += decay
+            updates["weight_decay"] = decay
+            updates["loss"] = loss
+            # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
+            scaled_loss = loss / _num_replicas()
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        for name, value in updates.items():
+            self._trackers[name].update_state(value)
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs["learning_rate"] = self.optimizer.learning_rate
+        return logs
+
+    def test_step(self, data):
+        images, labels = data
+        if self.supervised_head is None:
+            raise ValueError("This model has no linear probe (num_classes=0): there is nothing to "
+                             "evaluate. Pretrain with labelled data and lineareval_while_pretraining.")
+        logits = tf.cast(self(images, training=False)["logits_sup"], tf.float32)
+        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
+        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
+        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        return {name: metric.result() for name, metric in self._eval_metrics.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            projection_head=keras.saving.serialize_keras_object(self.projection_head),
+            num_classes=self.num_classes,
+            temperature=self.temperature,
+            hidden_norm=self.hidden_norm,
+            weight_decay=self.weight_decay,
+            optimizer_name=self.optimizer_name,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
+        return cls(**config)
+
+
+def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
+                       optimizer_name, seed=None):
+    """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs."""
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    encoder = ResNet(
+        depth=model_cfg.resnet_depth, width_multiplier=model_cfg.width_multiplier,
+        cifar_stem=image_size <= 32, sk_ratio=model_cfg.sk_ratio, se_ratio=model_cfg.se_ratio,
+        bn_momentum=model_cfg.batch_norm_decay, bn_epsilon=model_cfg.batch_norm_epsilon,
+        global_bn=model_cfg.global_bn)
+    head = ProjectionHead(
+        mode=model_cfg.proj_head_mode, num_layers=model_cfg.num_proj_layers,
+        out_dim=model_cfg.proj_out_dim, ft_proj_selector=model_cfg.ft_proj_selector,
+        bn_momentum=model_cfg.batch_norm_decay, bn_epsilon=model_cfg.batch_norm_epsilon,
+        global_bn=model_cfg.global_bn)
+    model = SimCLRModel(encoder, head, num_classes=num_classes, temperature=temperature,
+                        hidden_norm=hidden_norm, weight_decay=weight_decay,
+                        optimizer_name=optimizer_name)
+    model(tf.zeros([1, image_size, image_size, 3]))
+    return model

@@ -1,0 +1,161 @@
+"""Orchestration of a run: data, strategy, model, pretraining with checkpoints and resume, evaluation.
+
+`run(cfg)` is what `run.py` calls; notebooks and library users can call it too with a `Config`.
+"""
+import json
+import math
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf import checkpoints
+from simclr_tf import config as config_lib
+from simclr_tf import distribute
+from simclr_tf import optimizers
+from simclr_tf.data import pipelines
+from simclr_tf.data import sources
+from simclr_tf.models.simclr import build_simclr_model
+
+NUM_SUMMARY_VIEWS = 4
+
+
+class AugmentedViewsSummary(keras.callbacks.Callback):
+    """Writes a few pretraining view pairs to TensorBoard when training starts."""
+
+    def __init__(self, log_dir, views):
+        super().__init__()
+        self.log_dir = log_dir
+        self.views = views
+
+    def on_train_begin(self, logs=None):
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        with writer.as_default():
+            step = int(self.model.optimizer.iterations.numpy())
+            tf.summary.image("view_1", self.views[0], step=step, max_outputs=NUM_SUMMARY_VIEWS)
+            tf.summary.image("view_2", self.views[1], step=step, max_outputs=NUM_SUMMARY_VIEWS)
+        writer.close()
+
+
+class RunContext:
+    """What every phase of a run shares: the config, the strategy, the data source and the model."""
+
+    def __init__(self, cfg: config_lib.Config):
+        self.cfg = cfg
+        self.strategy = distribute.build_strategy(cfg.distribute)
+        config_lib.check_batch_divides(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync)
+        self.source = sources.get_source(
+            cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
+            eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
+        info = self.source.info
+        self.num_train_examples = info.num_examples[cfg.data.train_split]
+        self.total_steps = config_lib.total_train_steps(cfg.train, self.num_train_examples)
+        self.probe = cfg.train.lineareval_while_pretraining and info.num_classes > 0
+        if cfg.train.lineareval_while_pretraining and not self.probe:
+            logging.warning("%s has no labels: the online linear probe is off and there is no accuracy "
+                            "to report; pretraining runs as usual.", cfg.data.dataset)
+        if cfg.train.mode != "train" and not self.probe:
+            raise config_lib.ConfigError(
+                f"--mode={cfg.train.mode} reports the linear probe's accuracy, but "
+                + ("--lineareval_while_pretraining is off" if info.num_classes else
+                   f"{cfg.data.dataset} has no labels")
+                + ". Use --mode=train, or labelled data with --lineareval_while_pretraining.")
+        with self.strategy.scope():
+            self.model = build_simclr_model(
+                cfg.model, cfg.data.image_size, num_classes=info.num_classes if self.probe else 0,
+                temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
+                weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer,
+                seed=cfg.train.seed)
+            schedule = optimizers.WarmUpAndCosineDecay(
+                cfg.optim.learning_rate, self.num_train_examples, cfg.train.train_batch_size,
+                warmup_epochs=cfg.optim.warmup_epochs, train_epochs=cfg.train.train_epochs,
+                train_steps=cfg.train.train_steps,
+                learning_rate_scaling=cfg.optim.learning_rate_scaling)
+            optimizer = optimizers.build_optimizer(
+                cfg.optim.optimizer, schedule, momentum=cfg.optim.momentum,
+                weight_decay=cfg.optim.weight_decay)
+            self.model.compile(optimizer=optimizer)
+
+    @property
+    def global_step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+
+def _write_json(path, payload):
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(partial, path)
+
+
+def pretrain(ctx: RunContext):
+    """Trains to `total_steps`, resuming from the newest checkpoint in model_dir (or --checkpoint)."""
+    cfg = ctx.cfg
+    model_dir = cfg.train.model_dir
+    latest = checkpoints.latest_checkpoint(model_dir)
+    with ctx.strategy.scope():
+        if latest:
+            checkpoints.restore(ctx.model, latest[1])
+        elif cfg.train.checkpoint:
+            checkpoints.restore(ctx.model, cfg.train.checkpoint)
+    interval = config_lib.steps_per_checkpoint(cfg.train, ctx.num_train_examples)
+    start = ctx.global_step
+    if start >= ctx.total_steps:
+        logging.info("Already trained %d of %d steps; nothing to do.", start, ctx.total_steps)
+        return
+    logging.info("Pretraining steps %d..%d, checkpoint every %d steps.", start, ctx.total_steps, interval)
+    dataset = pipelines.distributed(
+        ctx.strategy, pipelines.build_pretrain_dataset, cfg.train.train_batch_size,
+        source=ctx.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed)
+    sample = pipelines.build_pretrain_dataset(ctx.source, cfg.data.train_split, cfg.data,
+                                              NUM_SUMMARY_VIEWS, seed=0)
+    sample_views, _ = next(iter(sample))
+    callbacks = [
+        checkpoints.StopAtStep(ctx.total_steps),
+        checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
+        keras.callbacks.TensorBoard(log_dir=model_dir, update_freq="epoch"),
+        AugmentedViewsSummary(model_dir, sample_views),
+    ]
+    ctx.model.fit(dataset, epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
+                  steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose)
+
+
+def evaluate(ctx: RunContext, checkpoint=None):
+    """Evaluates the online linear probe on eval_split; writes and returns result.json's content."""
+    cfg = ctx.cfg
+    if checkpoint is None:
+        latest = checkpoints.latest_checkpoint(cfg.train.model_dir)
+        if latest is None:
+            raise FileNotFoundError(
+                f"No checkpoint (ckpt-*.weights.h5) in {cfg.train.model_dir} to evaluate. Train first "
+                "(--mode=train or train_then_eval) or point --model_dir at a trained run.")
+        checkpoint = latest[1]
+    with ctx.strategy.scope():
+        checkpoints.restore(ctx.model, checkpoint)
+    num_eval = ctx.source.info.num_examples[cfg.data.eval_split]
+    dataset = pipelines.distributed(
+        ctx.strategy, pipelines.build_eval_dataset, cfg.train.eval_batch_size,
+        source=ctx.source, split=cfg.data.eval_split, data=cfg.data)
+    steps = cfg.train.eval_steps or None
+    metrics = ctx.model.evaluate(dataset, steps=steps, return_dict=True, verbose=0)
+    result = {name: float(value) for name, value in metrics.items()}
+    result.update(global_step=ctx.global_step, checkpoint=checkpoint, eval_split=cfg.data.eval_split,
+                  num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
+    name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
+    _write_json(os.path.join(cfg.train.model_dir, name), result)
+    logging.info("Evaluation at step %d: %s", ctx.global_step, result)
+    return result
+
+
+def run(cfg: config_lib.Config):
+    """Runs `cfg.train.mode`; returns the evaluation result when there is one."""
+    config_lib.validate(cfg)
+    os.makedirs(cfg.train.model_dir, exist_ok=True)
+    _write_json(os.path.join(cfg.train.model_dir, "config.json"), json.loads(cfg.to_json()))
+    ctx = RunContext(cfg)
+    if cfg.train.mode in ("train", "train_then_eval"):
+        pretrain(ctx)
+    if cfg.train.mode in ("eval", "train_then_eval"):
+        return evaluate(ctx)
+    return None
