@@ -96,6 +96,7 @@ class TrainConfig:
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True
     eval_name: Optional[str] = None
+    random_encoder_baseline: bool = False
     seed: Optional[int] = None
     verbose: int = 2
 
@@ -107,6 +108,7 @@ class DistributeConfig:
     tpu_zone: Optional[str] = None
     gcp_project: Optional[str] = None
     master: Optional[str] = None
+    cpu_replicas: int = 0  # Split the CPU into this many devices under MirroredStrategy (testing).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +191,6 @@ def check_batch_divides(global_batch_size: int, num_replicas: int, flag: str = "
         raise ConfigError(
             f"--{flag}={global_batch_size} does not divide over the {num_replicas} replicas; "
             f"use a multiple of {num_replicas}, e.g. {lower or upper} or {upper}.")
-
-
-def total_train_steps(train: TrainConfig, num_examples: int) -> int:
-    """Steps to train for: --train_steps, or the reference's count from --train_epochs."""
-    return train.train_steps or (num_examples * train.train_epochs // train.train_batch_size + 1)
 
 
 def steps_per_checkpoint(train: TrainConfig, num_examples: int) -> int:

@@ -1,4 +1,4 @@
-"""Tests for simclr_tf.losses: NT-Xent against NumPy, self-masking, metrics, and multi-replica parity."""
+"""Tests for simclr_tf.losses: NT-Xent against NumPy, self-masking, metrics, replica parity."""
 import keras
 import numpy as np
 import pytest
