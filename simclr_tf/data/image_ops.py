@@ -1,0 +1,277 @@
+"""Batched image ops with per-image parameters, used by the augmentation layers.
+
+Every op takes a batch of float32 images in [0, 1] (`[B, H, W, 3]`; the color ops take the
+channels-first `[B, 3, H, W]` of `to_planes`) and one parameter per image (shape `[B]`), so a
+whole batch is transformed at once with no per-image loop. Nothing here draws random numbers
+except `sample_crop_boxes`, which is stateless (same seed, same boxes).
+"""
+import math
+
+import tensorflow as tf
+
+# tf.image.resize "bicubic" (half-pixel centers, no antialias) looks the Keys kernel up in a table
+# of this many steps per pixel; quantizing the same way makes our resize match it to float rounding.
+_CUBIC_TABLE_STEPS = 1024.0
+_KEYS_A = -0.5
+_LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # as tf.image.rgb_to_grayscale
+
+
+def to_batch(images):
+    """Returns `(images [B, H, W, C], was_single)`; a single `[H, W, C]` image gets B=1."""
+    rank = images.shape.rank
+    if rank == 3:
+        return images[tf.newaxis], True
+    if rank == 4:
+        return images, False
+    raise ValueError(f"Expected an image [H, W, C] or a batch [B, H, W, C], got shape {images.shape}.")
+
+
+def from_batch(images, was_single):
+    """Undoes `to_batch`."""
+    return images[0] if was_single else images
+
+
+def _per_image(values):
+    """Reshapes per-image values `[B]` to broadcast against `[B, H, W, C]`."""
+    return tf.reshape(tf.cast(values, tf.float32), [-1, 1, 1, 1])
+
+
+# ----------------------------------------------------------------------------- crop and resize
+
+def sample_crop_boxes(seed, batch_size, image_height, image_width,
+                      area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), attempts=10):
+    """Samples one random crop box per image, as int32 `[B, 4]` rows `(top, left, height, width)`.
+
+    Each image gets `attempts` candidates: area fraction uniform in `area_range`, aspect ratio
+    (width / height) log-uniform in `aspect_ratio_range`, sides rounded to whole pixels. The first
+    candidate whose rounded box fits in the image and still satisfies both ranges is kept; if none
+    does, the box is the whole image. The offset is uniform over the positions where the box fits.
+    """
+    seed = tf.cast(seed, tf.int64)
+    draw_seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(4)]
+    shape = tf.stack([batch_size, attempts])
+    full_h = tf.cast(image_height, tf.float32)
+    full_w = tf.cast(image_width, tf.float32)
+
+    area_fraction = tf.random.stateless_uniform(shape, draw_seeds[0], area_range[0], area_range[1])
+    log_ratio = tf.random.stateless_uniform(
+        shape, draw_seeds[1], math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1]))
+    area = area_fraction * full_h * full_w
+    ratio = tf.exp(log_ratio)
+    crop_h = tf.math.rint(tf.sqrt(area / ratio))
+    crop_w = tf.math.rint(tf.sqrt(area * ratio))
+
+    kept_area = crop_h * crop_w / (full_h * full_w)
+    kept_ratio = crop_w / tf.maximum(crop_h, 1.0)
+    fits = ((crop_h >= 1.0) & (crop_h <= full_h) & (crop_w >= 1.0) & (crop_w <= full_w)
+            & (kept_area >= area_range[0]) & (kept_area <= area_range[1])
+            & (kept_ratio >= aspect_ratio_range[0]) & (kept_ratio <= aspect_ratio_range[1]))
+    first_fit = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    any_fit = tf.reduce_any(fits, axis=1)
+    crop_h = tf.where(any_fit, tf.gather(crop_h, first_fit, batch_dims=1), full_h)
+    crop_w = tf.where(any_fit, tf.gather(crop_w, first_fit, batch_dims=1), full_w)
+
+    top = tf.floor(tf.random.stateless_uniform([batch_size], draw_seeds[2]) * (full_h - crop_h + 1.0))
+    left = tf.floor(tf.random.stateless_uniform([batch_size], draw_seeds[3]) * (full_w - crop_w + 1.0))
+    top = tf.minimum(top, full_h - crop_h)
+    left = tf.minimum(left, full_w - crop_w)
+    return tf.cast(tf.stack([top, left, crop_h, crop_w], axis=1), tf.int32)
+
+
+def keys_cubic(distance):
+    """Keys cubic convolution kernel with a = -0.5 (the kernel of tf.image.resize "bicubic")."""
+    x = tf.abs(distance)
+    a = _KEYS_A
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return tf.where(x <= 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
+
+
+def _taps(starts, sizes, output_size, method):
+    """Input pixel and weight of each tap of each output pixel, both `[B, output_size, taps]`."""
+    starts = tf.cast(starts, tf.float32)[:, tf.newaxis, tf.newaxis]
+    sizes = tf.cast(sizes, tf.float32)[:, tf.newaxis, tf.newaxis]
+    out_pos = tf.range(output_size, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
+    sample = (out_pos + 0.5) * (sizes / float(output_size)) - 0.5  # in crop coordinates
+    if method == "bicubic":
+        whole = tf.floor(sample)
+        fraction = tf.math.rint((sample - whole) * _CUBIC_TABLE_STEPS) / _CUBIC_TABLE_STEPS
+        taps = whole + tf.constant([-1.0, 0.0, 1.0, 2.0])
+        inside = (taps >= 0.0) & (taps <= sizes - 1.0)
+        weights = tf.where(inside, keys_cubic(taps - whole - fraction), 0.0)
+        weights = weights / tf.reduce_sum(weights, axis=2, keepdims=True)
+    elif method == "bilinear":
+        sample = tf.clip_by_value(sample, 0.0, sizes - 1.0)
+        whole = tf.floor(sample)
+        fraction = sample - whole
+        taps = whole + tf.constant([0.0, 1.0])
+        weights = tf.concat([1.0 - fraction, fraction], axis=2)
+    else:
+        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {method!r}.")
+    # Taps clamped onto the crop's edge all carry weight 0, so the clamping changes no sum.
+    return tf.cast(tf.clip_by_value(taps, 0.0, sizes - 1.0) + starts, tf.int32), weights
+
+
+def interpolation_matrix(starts, sizes, input_size, output_size, method="bicubic"):
+    """Per-image 1-D resampling matrices `[B, output_size, input_size]` for a crop then resize.
+
+    Image b's crop covers input pixels `starts[b] .. starts[b] + sizes[b] - 1`; row o of its matrix
+    holds the weights of output pixel o, as tf.image.resize (half-pixel centers, no antialias) would
+    give when resizing that crop: "bicubic" (Keys, a = -0.5) drops the taps outside the crop and
+    renormalizes the rest; "bilinear" clamps the sample position to the crop.
+    """
+    taps, weights = _taps(starts, sizes, output_size, method)
+    shape = tf.shape(taps)
+    batch_index = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis, tf.newaxis], shape)
+    out_index = tf.broadcast_to(tf.range(shape[1])[tf.newaxis, :, tf.newaxis], shape)
+    indices = tf.stack([batch_index, out_index, taps], axis=-1)
+    return tf.scatter_nd(tf.reshape(indices, [-1, 3]), tf.reshape(weights, [-1]),
+                         tf.stack([shape[0], output_size, input_size]))
+
+
+def crop_and_resize(images, boxes, height, width, method="bicubic"):
+    """Crops box b (`(top, left, height, width)` in pixels) out of image b and resizes it.
+
+    Equals `tf.image.resize(tf.image.crop_to_bounding_box(image, *box), (height, width), method)`
+    for every image, computed for the whole batch as two batched matrix products.
+    """
+    boxes = tf.convert_to_tensor(boxes)
+    shape = tf.shape(images)
+    batch, in_h, in_w, channels = shape[0], shape[1], shape[2], shape[3]
+    rows = interpolation_matrix(boxes[:, 0], boxes[:, 2], in_h, height, method)  # [B, height, H]
+    cols = interpolation_matrix(boxes[:, 1], boxes[:, 3], in_w, width, method)  # [B, width, W]
+    resized = tf.matmul(rows, tf.reshape(images, [batch, in_h, in_w * channels]))
+    # Bring W to the middle so the second product is a plain batched matmul too.
+    resized = tf.transpose(tf.reshape(resized, [batch, height, in_w, channels]), [0, 2, 1, 3])
+    resized = tf.matmul(cols, tf.reshape(resized, [batch, in_w, height * channels]))
+    return tf.transpose(tf.reshape(resized, [batch, width, height, channels]), [0, 2, 1, 3])
+
+
+def resize(images, height, width, method="bicubic"):
+    """Resizes a batch to (height, width); a no-op when the static size already matches."""
+    if tuple(images.shape[1:3]) == (height, width):
+        return images
+    return tf.image.resize(images, (height, width), method=method)
+
+
+def center_crop_box(image_height, image_width, height, width, crop_proportion):
+    """Central box `(top, left, crop_h, crop_w)` with the target aspect ratio width / height.
+
+    The side that is cropped most keeps `crop_proportion` of its length (sizes rounded to whole
+    pixels, the odd pixel left over goes to the top/left margin), as in the SimCLR eval transform.
+    """
+    full_h = tf.cast(image_height, tf.float32)
+    full_w = tf.cast(image_width, tf.float32)
+    aspect = width / height
+    wider_than_image = aspect > full_w / full_h
+    crop_h = tf.where(wider_than_image, crop_proportion / aspect * full_w, crop_proportion * full_h)
+    crop_w = tf.where(wider_than_image, crop_proportion * full_w, crop_proportion * aspect * full_h)
+    crop_h = tf.cast(tf.math.rint(crop_h), tf.int32)
+    crop_w = tf.cast(tf.math.rint(crop_w), tf.int32)
+    top = (tf.cast(image_height, tf.int32) - crop_h + 1) // 2
+    left = (tf.cast(image_width, tf.int32) - crop_w + 1) // 2
+    return top, left, crop_h, crop_w
+
+
+# ----------------------------------------------------------------------------- color
+# The color ops take channels-first batches [B, 3, H, W] ("planes"): on CPU, per-pixel work across
+# the three channels is several times faster on whole planes than on the interleaved last axis.
+
+def to_planes(images):
+    """[B, H, W, 3] -> [B, 3, H, W]."""
+    return tf.transpose(images, [0, 3, 1, 2])
+
+
+def from_planes(planes):
+    """[B, 3, H, W] -> [B, H, W, 3]."""
+    return tf.transpose(planes, [0, 2, 3, 1])
+
+
+def scale_brightness(planes, factors):
+    """Multiplies image b by `factors[b]` (SimCLR v2 brightness)."""
+    return planes * _per_image(factors)
+
+
+def shift_brightness(planes, deltas):
+    """Adds `deltas[b]` to image b (SimCLR v1 brightness, as tf.image.adjust_brightness)."""
+    return planes + _per_image(deltas)
+
+
+def adjust_contrast(planes, factors):
+    """As tf.image.adjust_contrast, per image: `(x - mean) * factor + mean`, mean per channel."""
+    mean = tf.reduce_mean(planes, axis=[2, 3], keepdims=True)
+    return (planes - mean) * _per_image(factors) + mean
+
+
+def adjust_saturation(planes, factors):
+    """As tf.image.adjust_saturation, per image: HSV saturation times factor, clipped to [0, 1].
+
+    Done in RGB: keeping hue and value while scaling saturation by k moves every channel c to
+    `v - (v - c) * k` (v = max channel); the clip at saturation 1 caps k at `v / (v - min)`.
+    """
+    red, green, blue = tf.unstack(planes, axis=1)
+    value = tf.maximum(tf.maximum(red, green), blue)
+    spread = value - tf.minimum(tf.minimum(red, green), blue)
+    factors = tf.reshape(tf.cast(factors, tf.float32), [-1, 1, 1])
+    scale = tf.minimum(factors, tf.math.divide_no_nan(value, spread))
+    return tf.stack([value - (value - channel) * scale for channel in (red, green, blue)], axis=1)
+
+
+def adjust_hue(planes, deltas):
+    """As tf.image.adjust_hue, per image: rotates the HSV hue by `deltas[b]` (in turns).
+
+    Computed in RGB with hue in sixths: v = max, chroma = max - min, and channel n (5, 3, 1 for
+    R, G, B) is `v - chroma * clip(min(k, 4 - k), 0, 1)` with `k = (n + hue) mod 6`.
+    """
+    red, green, blue = tf.unstack(planes, axis=1)
+    value = tf.maximum(tf.maximum(red, green), blue)
+    chroma = value - tf.minimum(tf.minimum(red, green), blue)
+    hue = tf.where(
+            value == red, tf.math.divide_no_nan(green - blue, chroma),
+            tf.where(value == green, tf.math.divide_no_nan(blue - red, chroma) + 2.0,
+                     tf.math.divide_no_nan(red - green, chroma) + 4.0))
+    hue = hue + 6.0 * tf.reshape(tf.cast(deltas, tf.float32), [-1, 1, 1])
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = offset + hue
+        k = k - 6.0 * tf.floor(k / 6.0)
+        channels.append(value - chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0))
+    return tf.stack(channels, axis=1)
+
+
+def grayscale(images):
+    """Luma (tf.image.rgb_to_grayscale weights) of [B, H, W, 3] images, copied to 3 channels."""
+    shape = tf.shape(images)
+    luma = tf.matmul(tf.reshape(images, [-1, 3]), tf.constant(_LUMA_WEIGHTS, tf.float32)[:, tf.newaxis])
+    return tf.reshape(tf.tile(luma, [1, 3]), shape)
+
+
+# ----------------------------------------------------------------------------- blur
+
+def gaussian_kernels(sigmas, radius):
+    """Normalized 1-D Gaussian kernels `[B, 2 * radius + 1]`, one per sigma."""
+    offsets = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    sigmas = tf.cast(sigmas, tf.float32)[:, tf.newaxis]
+    kernels = tf.exp(-tf.square(offsets)[tf.newaxis] / (2.0 * tf.square(sigmas)))
+    return kernels / tf.reduce_sum(kernels, axis=1, keepdims=True)
+
+
+def gaussian_blur(images, sigmas, radius):
+    """Separable Gaussian blur of image b with `sigmas[b]`, SAME size with zero padding.
+
+    Zero padding (as the SimCLR reference) darkens a border `radius` pixels wide. The batch is
+    folded into the channels so one depthwise convolution applies every image's own kernel.
+    """
+    def blur():
+        shape = tf.shape(images)
+        batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+        kernels = tf.repeat(gaussian_kernels(sigmas, radius), channels, axis=0)  # [B*C, K]
+        kernels = tf.transpose(kernels)  # [K, B*C], b-major like the folded channels
+        folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, batch * channels])
+        for kernel in (kernels[tf.newaxis, :, :, tf.newaxis], kernels[:, tf.newaxis, :, tf.newaxis]):
+            folded = tf.nn.depthwise_conv2d(folded, kernel, [1, 1, 1, 1], "SAME")
+        return tf.transpose(tf.reshape(folded, [height, width, batch, channels]), [2, 0, 1, 3])
+
+    # A convolution over zero folded channels fails, so an empty batch skips it.
+    blurred = tf.cond(tf.shape(images)[0] > 0, blur, lambda: images)
+    return tf.ensure_shape(blurred, images.shape)
