@@ -77,7 +77,7 @@ class SimCLRModel(keras.Model):
         return outputs
 
     def train_step(self, data):
-        (view_1, view_2), labels = data
+        (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
             proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
@@ -111,7 +111,7 @@ class SimCLRModel(keras.Model):
         return logs
 
     def test_step(self, data):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.supervised_head is None:
             raise ValueError("This model has no linear probe (num_classes=0): there is nothing to "
                              "evaluate. Pretrain with labelled data and lineareval_while_pretraining.")
