@@ -39,3 +39,16 @@ def assert_save_load_equal(model, inputs, path, atol=1e-6, **call_kwargs):
     for e, a in zip(keras.tree.flatten(expected), keras.tree.flatten(actual)):
         np.testing.assert_allclose(np.asarray(e), np.asarray(a), atol=atol)
     return loaded
+
+
+def perturb_weights(model, seed):
+    """Moves every variable off its initial value (zero gammas and BN statistics included), so a
+    save/load or copy check cannot pass by accident on freshly initialized weights."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        values = np.asarray(v)
+        if "moving_variance" in v.path:
+            values = rng.uniform(0.5, 1.5, size=v.shape)
+        else:
+            values = values + rng.normal(scale=values.std() or 0.1, size=v.shape)
+        v.assign(values.astype("float32"))

@@ -5,23 +5,12 @@ import pytest
 
 from simclr_tf.models.heads import LinearLayer, ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
+from tests import layer_checks
 from tests.layer_checks import assert_config_covers_init, assert_config_round_trip, assert_save_load_equal
 
 
 def features(batch=8, dim=16, seed=0):
     return np.random.default_rng(seed).normal(size=(batch, dim)).astype("float32")
-
-
-def perturb_weights(model, seed):
-    """Moves every variable off its initial value (zero gammas and BN statistics included)."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        values = np.asarray(v)
-        if "moving_variance" in v.path:
-            values = rng.uniform(0.5, 1.5, size=v.shape)
-        else:
-            values = values + rng.normal(scale=values.std() or 0.1, size=v.shape)
-        v.assign(values.astype("float32"))
 
 
 @pytest.mark.parametrize("mode, num_layers, expected_layers, projection_dim", [
@@ -165,7 +154,7 @@ def test_save_load_resnet_with_heads(tmp_path):
     projection, supervised_input = head(encoder_features)
     logits = SupervisedHead(10)(supervised_input)
     model = keras.Model(inputs, [projection, logits])
-    perturb_weights(model, seed=3)
+    layer_checks.perturb_weights(model, seed=3)
     x = np.random.default_rng(4).uniform(size=(2, 32, 32, 3)).astype("float32")
     loaded = assert_save_load_equal(model, x, str(tmp_path / "model.keras"), atol=1e-5)
     assert sorted(v.path for v in loaded.weights) == sorted(v.path for v in model.weights)

@@ -10,6 +10,7 @@ import pytest
 
 from simclr_tf.models import resnet_blocks
 from simclr_tf.models.resnet import ResNet, scaled_channels
+from tests import layer_checks
 from tests.layer_checks import assert_config_covers_init, assert_config_round_trip, assert_save_load_equal
 from tests.subprocess_runner import run_with_devices
 
@@ -41,18 +42,6 @@ def bn_layers(model):
 
 def count(variables):
     return int(sum(np.prod(v.shape) for v in variables))
-
-
-def perturb_weights(model, seed):
-    """Moves every variable off its initial value (zero gammas and BN statistics included)."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        values = np.asarray(v)
-        if "moving_variance" in v.path:
-            values = rng.uniform(0.5, 1.5, size=v.shape)
-        else:
-            values = values + rng.normal(scale=values.std() or 0.1, size=v.shape)
-        v.assign(values.astype("float32"))
 
 
 def tiny_cifar_resnet18(**kwargs):
@@ -261,7 +250,7 @@ def test_config_covers_init_and_round_trips():
 def test_save_load_gives_equal_outputs(tmp_path):
     model = tiny_cifar_resnet18(se_ratio=0.25)
     model.build((None, 32, 32, 3))
-    perturb_weights(model, seed=2)
+    layer_checks.perturb_weights(model, seed=2)
     loaded = assert_save_load_equal(model, images(32), str(tmp_path / "resnet.keras"), atol=1e-5)
     assert [v.path for v in loaded.weights] == [v.path for v in model.weights]
     endpoints = loaded.call_with_endpoints(images(32))
