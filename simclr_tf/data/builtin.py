@@ -1,16 +1,22 @@
 """`builtin_shapes`: a synthetic 10-class image dataset generated in memory, no download.
 
-Each 32x32 RGB image shows one object whose SHAPE is the class (disk, ring, square, ...). Everything a
-SimCLR augmentation changes varies at random and independently of the class: object and background colours,
-brightness, position, size, rotation, background gradient and texture, pixel noise and a few small
-distractor dots. Every shape covers the same area, so the mean colour of an image says little about its
-class. A linear probe on raw pixels or on colour statistics does poorly; features that encode shape, which
-contrastive pretraining with colour jitter learns, do well.
+Each 32x32 RGB image shows one object whose SHAPE is the class (disk, ring, square, ...), which SimCLR's
+augmentations (crop, flip, colour jitter, grayscale) leave intact. Everything else varies at random and
+independently of the class: object and background colours, brightness, position, size, rotation, background
+gradient and texture, pixel noise and a few small distractor dots. Every shape covers the same area, so the
+mean colour of an image says little about its class.
 
-Generation is vectorized numpy with a fixed seed per split: the same images on every machine and run.
+Measured with a logistic-regression probe, 10,000 train / 2,000 test images (chance 10%): raw pixels 10.8%,
+mean colour 11.0%, features of a randomly initialized ResNet-18 18.5%; a small CNN after 20 epochs of SimCLR
+40% (30% at its random init, still rising); the same CNN trained with labels for 8 epochs 85%.
+
+Generation is vectorized numpy (12,000 images in about 2 s) with a fixed seed per split: the same images on
+every run for a given NumPy version. `generate_builtin_shapes(n, seed)` gives the arrays directly.
 """
 import numpy as np
 import tensorflow as tf
+
+from simclr_tf.config import ConfigError
 
 from simclr_tf.data.sources import ImageSource, SourceInfo
 
@@ -19,11 +25,11 @@ IMAGE_SIZE = 32
 DEFAULT_NUM_EXAMPLES = {"train": 10000, "test": 2000}
 # Seeds that define each split; a different seed per split keeps train and test images apart.
 SPLIT_SEEDS = {"train": 0, "test": 1}
-_CHUNK = 2048  # images rendered at once; bounds peak memory to a few tens of MB.
+_CHUNK = 2048  # images rendered at once, to bound memory; changing it changes the images.
 _SHAPE_AREA = 2.4  # every shape is rescaled to this area in object units before sizing.
 
 
-# Signed distance functions in object units: negative inside, about one unit across. x, y: [n, H, W].
+# Signed distance functions in object units (radius about 1), negative inside. x, y: [n, H, W] arrays.
 def _box(x, y, half_w, half_h):
     dx, dy = np.abs(x) - half_w, np.abs(y) - half_h
     outside = np.hypot(np.maximum(dx, 0.0), np.maximum(dy, 0.0))
@@ -63,7 +69,7 @@ def _square(x, y):
 
 
 def _triangle(x, y):
-    return _regular_polygon(x, y + 0.0, 3, 1.0)
+    return _regular_polygon(x, y, 3, 1.0)
 
 
 def _plus(x, y):
@@ -107,39 +113,49 @@ _SHAPE_SCALES = np.sqrt(_SHAPE_AREA / _unit_areas())
 
 def _hsv_to_rgb(h, s, v):
     """Vectorized HSV -> RGB for arrays of equal shape with values in [0, 1]; returns [..., 3]."""
-    k = np.mod(np.stack([5.0, 3.0, 1.0], -1) + h[..., None] * 6.0, 6.0)
+    k = np.mod(np.array([5.0, 3.0, 1.0], np.float32) + h[..., None] * 6.0, 6.0)
     return v[..., None] - v[..., None] * s[..., None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def _random_colours(rng, n):
-    """Object and background colours with random hues and a guaranteed brightness contrast."""
-    bg_value = rng.uniform(0.1, 0.95, n)
-    contrast = rng.uniform(0.3, 0.6, n)
-    # Brighter object when there is room above the background, darker otherwise; else a coin flip.
-    brighter = np.where(bg_value + contrast > 1.0, False,
-                        np.where(bg_value - contrast < 0.0, True, rng.random(n) < 0.5))
-    obj_value = np.clip(np.where(brighter, bg_value + contrast, bg_value - contrast), 0.0, 1.0)
-    bg = _hsv_to_rgb(rng.random(n), rng.uniform(0.0, 0.9, n), bg_value)
-    bg_far = _hsv_to_rgb(rng.random(n), rng.uniform(0.0, 0.9, n), np.clip(bg_value + rng.normal(0, 0.1, n), 0, 1))
-    obj = _hsv_to_rgb(rng.random(n), rng.uniform(0.0, 1.0, n), obj_value)
-    return obj, bg, bg_far
+def _uniform(rng, low, high, size):
+    return rng.uniform(low, high, size).astype(np.float32)
+
+
+def _luminance(rgb):
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _random_colour(rng, n, max_saturation=1.0):
+    return _hsv_to_rgb(_uniform(rng, 0, 1, n), _uniform(rng, 0, max_saturation, n), _uniform(rng, 0.05, 1, n))
+
+
+def _contrasting_colour(rng, background, min_contrast=0.25):
+    """A random colour per row of `background` whose luminance differs by at least `min_contrast`."""
+    colour = _random_colour(rng, len(background))
+    redraw = np.abs(_luminance(colour) - _luminance(background)) < min_contrast
+    while redraw.any():
+        colour[redraw] = _random_colour(rng, int(redraw.sum()))
+        redraw = np.abs(_luminance(colour) - _luminance(background)) < min_contrast
+    return colour
 
 
 def _background(rng, n, x, y):
     """Two-colour linear gradient in a random direction, low-frequency texture and pixel noise."""
-    _, bg, bg_far = _random_colours(rng, n)
-    direction = rng.uniform(0, 2 * np.pi, n)[:, None, None]
+    near = _random_colour(rng, n, max_saturation=0.9)
+    far = np.clip(near + rng.normal(0, 0.15, (n, 3)).astype(np.float32), 0, 1)
+    direction = _uniform(rng, 0, 2 * np.pi, (n, 1, 1))
     t = (np.cos(direction) * x + np.sin(direction) * y) / IMAGE_SIZE + 0.5  # 0..1 across the image
-    image = bg[:, None, None] + (bg_far - bg)[:, None, None] * t[..., None]
-    # Texture: a sum of two random plane waves with random strength.
+    # Texture: a sum of two random plane waves with random strength, the same in every channel.
     for _ in range(2):
-        freq = rng.uniform(0.1, 0.6, (n, 1, 1))
-        theta = rng.uniform(0, 2 * np.pi, (n, 1, 1))
-        phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+        freq = _uniform(rng, 0.1, 0.6, (n, 1, 1))
+        theta = _uniform(rng, 0, 2 * np.pi, (n, 1, 1))
+        phase = _uniform(rng, 0, 2 * np.pi, (n, 1, 1))
         wave = np.sin(freq * (np.cos(theta) * x + np.sin(theta) * y) + phase)
-        image += (rng.uniform(0.0, 0.08, (n, 1, 1)) * wave)[..., None]
-    image += rng.normal(0.0, 1.0, image.shape) * rng.uniform(0.0, 0.05, (n, 1, 1, 1))
-    return image
+        t += _uniform(rng, 0.0, 0.3, (n, 1, 1)) * wave
+    image = near[:, None, None] + (far - near)[:, None, None] * t[..., None]
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    image += noise * _uniform(rng, 0.0, 0.05, (n, 1, 1, 1))
+    return image, (near + far) / 2
 
 
 def _coverage(distance_px):
@@ -147,42 +163,43 @@ def _coverage(distance_px):
     return np.clip(0.5 - distance_px, 0.0, 1.0)[..., None]
 
 
-def _render(rng, labels):
-    n = len(labels)
-    grid = np.arange(IMAGE_SIZE, dtype=np.float64) + 0.5
-    y, x = np.meshgrid(grid, grid, indexing="ij")
-    x, y = x[None], y[None]
-    image = _background(rng, n, x, y)
-    obj, bg, _ = _random_colours(rng, n)
-    del bg
-    # Object pose: radius 6-11 px, centre keeps most of the object in view, any rotation.
-    radius = rng.uniform(6.0, 11.0, n)
-    margin = IMAGE_SIZE / 2 - 0.6 * radius
-    cx = IMAGE_SIZE / 2 + rng.uniform(-1, 1, n) * margin
-    cy = IMAGE_SIZE / 2 + rng.uniform(-1, 1, n) * margin
-    angle = rng.uniform(0, 2 * np.pi, n)
-    dx, dy = x - cx[:, None, None], y - cy[:, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    u = (cos * dx + sin * dy) / radius[:, None, None]
-    v = (-sin * dx + cos * dy) / radius[:, None, None]
-    distance = np.empty((n, IMAGE_SIZE, IMAGE_SIZE))
+def _shape_distance(labels, u, v):
+    """Signed distance (object units) of each image's own shape at object coordinates u, v."""
+    distance = np.empty(u.shape, np.float32)
     for index, sdf in enumerate(_SHAPES.values()):
         rows = labels == index
-        scale = _SHAPE_SCALES[index]
+        scale = float(_SHAPE_SCALES[index])
         distance[rows] = sdf(u[rows] / scale, v[rows] / scale) * scale
+    return distance
+
+
+def _render(rng, labels):
+    n = len(labels)
+    grid = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
+    y, x = np.meshgrid(grid, grid, indexing="ij")
+    x, y = x[None], y[None]
+    image, background = _background(rng, n, x, y)
+    colour = _contrasting_colour(rng, background)
+    # Object pose: radius 6-11 px, centre keeps most of the object in view, any rotation.
+    radius = _uniform(rng, 6.0, 11.0, (n, 1, 1))
+    margin = IMAGE_SIZE / 2 - 0.6 * radius
+    cx = IMAGE_SIZE / 2 + _uniform(rng, -1, 1, (n, 1, 1)) * margin
+    cy = IMAGE_SIZE / 2 + _uniform(rng, -1, 1, (n, 1, 1)) * margin
+    angle = _uniform(rng, 0, 2 * np.pi, (n, 1, 1))
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = (cos * (x - cx) + sin * (y - cy)) / radius
+    v = (cos * (y - cy) - sin * (x - cx)) / radius
     # A soft shading across the object keeps it from being one flat colour.
-    shade = 1.0 + rng.uniform(-0.15, 0.15, (n, 1, 1)) * u.clip(-1.5, 1.5)
-    obj_pixels = obj[:, None, None] * shade[..., None]
-    alpha = _coverage(distance * radius[:, None, None])
-    image = image * (1 - alpha) + obj_pixels * alpha
+    shade = 1.0 + _uniform(rng, -0.15, 0.15, (n, 1, 1)) * np.clip(u, -1.5, 1.5)
+    alpha = _coverage(_shape_distance(labels, u, v) * radius)
+    image += alpha * (colour[:, None, None] * shade[..., None] - image)
     # Distractors: up to three small dots in random colours.
     for _ in range(3):
-        present = (rng.random(n) < 0.5)[:, None, None]
-        px, py = rng.uniform(0, IMAGE_SIZE, (2, n, 1, 1))
-        dot = np.hypot(x - px, y - py) - rng.uniform(0.8, 1.8, (n, 1, 1))
-        colour = _hsv_to_rgb(rng.random(n), rng.random(n), rng.random(n))[:, None, None]
-        alpha = _coverage(dot) * present[..., None]
-        image = image * (1 - alpha) + colour * alpha
+        present = rng.random((n, 1, 1)) < 0.5
+        dot_x, dot_y = _uniform(rng, 0, IMAGE_SIZE, (2, n, 1, 1))
+        dot = np.hypot(x - dot_x, y - dot_y) - _uniform(rng, 0.8, 1.8, (n, 1, 1))
+        alpha = _coverage(np.where(present, dot, 1.0))
+        image += alpha * (_random_colour(rng, n)[:, None, None] - image)
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -204,7 +221,7 @@ class BuiltinShapesSource(ImageSource):
         num_examples = dict(DEFAULT_NUM_EXAMPLES if num_examples is None else num_examples)
         unknown = set(num_examples) - set(SPLIT_SEEDS)
         if unknown:
-            raise ValueError(f"builtin_shapes has splits {sorted(SPLIT_SEEDS)}, not {sorted(unknown)}.")
+            raise ConfigError(f"builtin_shapes has splits {sorted(SPLIT_SEEDS)}, not {sorted(unknown)}.")
         self.info = SourceInfo(name=NAME, num_classes=len(class_names), num_examples=num_examples,
                                image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
         self.class_names = class_names

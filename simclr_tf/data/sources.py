@@ -1,0 +1,164 @@
+"""Image sources: one interface over TFDS datasets, folders of images and the built-in synthetic data.
+
+A source knows its splits and yields one epoch of unbatched examples
+`{"image": uint8 [H, W, 3], "label": int64 scalar (-1 when unlabeled), "id": string or int64 scalar}`.
+The input pipelines shuffle, augment and batch them; `get_source` picks the source for `--dataset`:
+
+    source = get_source("cifar10", train_split="train", eval_split="test")
+    source.info.num_classes          # 10
+    source.dataset("train", shuffle_files=True, seed=0)
+"""
+import dataclasses
+import difflib
+import os
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_tf import config as config_lib
+from simclr_tf.config import ConfigError
+
+BUILTIN_DATASETS = ("builtin_shapes",)
+CORRUPT_IMAGE_POLICIES = config_lib.CORRUPT_IMAGE_POLICIES
+UNLABELED = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What the pipelines need to know about a source before reading it."""
+    name: str
+    num_classes: int  # 0 for unlabeled data
+    num_examples: dict  # split name -> number of examples
+    image_shape: tuple | None  # (H, W, 3) when every image has the same size, else None
+
+
+class ImageSource:
+    """Base class of the sources: `info`, `class_names` and one epoch of examples per split."""
+
+    info: SourceInfo
+    class_names: tuple = ()
+
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        """Unbatched examples {"image", "label", "id"} of one epoch of `split`."""
+        raise NotImplementedError
+
+    def num_examples(self, split: str) -> int:
+        """Number of examples in `split`; raises ValueError naming the available splits."""
+        self.check_split(split)
+        return self.info.num_examples[split]
+
+    def check_split(self, split: str) -> None:
+        if split not in self.info.num_examples:
+            raise ConfigError(
+                f"Dataset {self.info.name!r} has no split {split!r}. Available splits: "
+                f"{sorted(self.info.num_examples)}; pass one of them as --train_split/--eval_split.")
+
+
+def _to_rgb(image):
+    """[H, W, C] uint8 with C in {1, 3, 4} -> [H, W, 3]."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    return image
+
+
+class TfdsSource(ImageSource):
+    """Any TFDS image-classification dataset (`cifar10`, `imagenet2012`, `imagenet2012_subset/1pct`, ...).
+
+    The dataset is prepared with `download_and_prepare()` in `data_dir`. Splits accept TFDS slicing
+    (`train[:10%]`). Grayscale images become 3-channel. The id is the dataset's own "id" or "file_name"
+    feature when it has one, else the TFDS record id (`tfds_id`).
+    """
+
+    def __init__(self, name: str, data_dir: str | None = None):
+        check_tfds_name(name)
+        self.builder = tfds.builder(name, data_dir=data_dir)
+        self.builder.download_and_prepare()
+        info = self.builder.info
+        features = info.features
+        if "image" not in features:
+            raise ConfigError(f"TFDS dataset {name!r} has no 'image' feature (features: {sorted(features)}); "
+                             "only image-classification datasets can be used.")
+        label = features["label"] if "label" in features else None
+        self._has_label = isinstance(label, tfds.features.ClassLabel)
+        self.class_names = tuple(label.names) if self._has_label else ()
+        self._id_key = next((key for key in ("id", "file_name") if key in features), "tfds_id")
+        height, width, _ = features["image"].shape
+        self.info = SourceInfo(
+            name=name,
+            num_classes=label.num_classes if self._has_label else 0,
+            num_examples={split: split_info.num_examples for split, split_info in info.splits.items()},
+            image_shape=(height, width, 3) if height and width else None,
+        )
+
+    def num_examples(self, split: str) -> int:
+        """Examples in `split`, TFDS slicing included (`train[:10%]`)."""
+        try:
+            return self.builder.info.splits[split].num_examples
+        except (KeyError, ValueError) as error:
+            raise ConfigError(
+                f"Dataset {self.info.name!r} has no split {split!r} ({error}). Available splits: "
+                f"{sorted(self.info.num_examples)}, optionally sliced like 'train[:10%]'; pass one as "
+                "--train_split/--eval_split.") from None
+
+    def check_split(self, split: str) -> None:
+        self.num_examples(split)
+
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        self.check_split(split)
+        read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed)
+        ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+        return ds.map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _standardize(self, example):
+        label = tf.cast(example["label"], tf.int64) if self._has_label else tf.constant(UNLABELED, tf.int64)
+        return {"image": _to_rgb(example["image"]), "label": label, "id": example[self._id_key]}
+
+
+def _builder_name(name: str) -> str:
+    """'imagenet2012_subset/1pct:1.0.0' -> 'imagenet2012_subset'."""
+    return name.split("/")[0].split(":")[0]
+
+
+def check_tfds_name(name: str) -> None:
+    """Raises ValueError saying what `--dataset` accepts when `name` is not a TFDS dataset."""
+    known = tfds.list_builders()
+    if _builder_name(name) in known:
+        return
+    close = difflib.get_close_matches(_builder_name(name), known + list(BUILTIN_DATASETS), n=3)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    looks_like_path = name.startswith((os.sep, ".", "~")) or os.sep in name.rstrip(os.sep)
+    folder = f" No folder {name!r} exists either." if looks_like_path else ""
+    raise ConfigError(
+        f"Unknown dataset {name!r}: it is not a built-in dataset {list(BUILTIN_DATASETS)} nor a TFDS "
+        f"dataset.{folder}{hint} Pass a built-in name, a TFDS name (see tfds.list_builders(), e.g. "
+        "'cifar10', 'imagenet2012'), or the path of an existing folder of images.")
+
+
+def get_source(dataset: str, data_dir: str | None = None, train_split: str | None = "train",
+               eval_split: str | None = "test", corrupt_images: str = "skip", holdout_fraction: float = 0.1,
+               builtin_num_examples: dict | None = None) -> ImageSource:
+    """The source for `dataset`: a built-in name, an existing folder of images, or a TFDS name.
+
+    `train_split` and `eval_split` are checked to exist (None skips a check). `data_dir` is where TFDS
+    keeps its data; `corrupt_images` ("skip" or "fail") and `holdout_fraction` apply to image folders;
+    `builtin_num_examples` ({"train": n, "test": m}) sizes the built-in dataset.
+    """
+    # The built-in and folder sources import ImageSource from this module, so they are imported here.
+    from simclr_tf.data import builtin, folders
+
+    if corrupt_images not in CORRUPT_IMAGE_POLICIES:
+        raise ConfigError(f"corrupt_images={corrupt_images!r} is not one of {list(CORRUPT_IMAGE_POLICIES)}.")
+    if dataset in BUILTIN_DATASETS:
+        source = builtin.BuiltinShapesSource(builtin_num_examples)
+    elif os.path.isdir(os.path.expanduser(dataset)):
+        source = folders.ImageFolderSource(dataset, corrupt_images=corrupt_images,
+                                           holdout_fraction=holdout_fraction)
+    else:
+        source = TfdsSource(dataset, data_dir=data_dir)
+    for split in (train_split, eval_split):
+        if split is not None:
+            source.check_split(split)
+    return source
