@@ -31,6 +31,10 @@ def main(argv):
     if result is not None:
         print(f"Linear probe on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")
+        if "random_encoder_probe_top_1" in result:
+            print(f"Offline linear probe on frozen features, top-1: pretrained encoder "
+                  f"{result['offline_probe_top_1']:.4f}, randomly initialized encoder "
+                  f"{result['random_encoder_probe_top_1']:.4f}")
 
 
 if __name__ == "__main__":

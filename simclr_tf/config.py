@@ -92,6 +92,7 @@ class TrainConfig:
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5
+    train_summary_steps: int = 0
     temperature: float = 0.1
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True

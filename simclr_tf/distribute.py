@@ -43,10 +43,26 @@ def _check_tf_config(raw):
             "with the index inside the list. Fix it, or unset TF_CONFIG for a single machine.") from error
 
 
+def _split_cpu(count):
+    """Names of `count` logical CPU devices (configures them on first use)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as error:  # Devices already initialized: fine if they are already split.
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise ConfigError(
+                f"--cpu_replicas={count} must be set before TensorFlow initializes its devices; "
+                "pass it on the command line of a fresh process.") from error
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
 def build_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
     """The strategy the run trains under; logs what it chose."""
     if cfg.use_tpu:
         strategy = _tpu_strategy(cfg)
+    elif cfg.cpu_replicas > 1:
+        strategy = tf.distribute.MirroredStrategy(_split_cpu(cfg.cpu_replicas))
     elif os.environ.get("TF_CONFIG"):
         _check_tf_config(os.environ["TF_CONFIG"])
         strategy = tf.distribute.MultiWorkerMirroredStrategy()

@@ -65,11 +65,16 @@ _FLAG_HELP = [
     ("train", "checkpoint_epochs", "Epochs between checkpoints and summaries."),
     ("train", "checkpoint_steps", "Steps between checkpoints; overrides checkpoint_epochs when set."),
     ("train", "keep_checkpoint_max", "Checkpoints to keep."),
+    ("train", "train_summary_steps", "Write training scalars to TensorBoard every this many steps; 0 "
+                                     "writes them at each checkpoint."),
     ("train", "temperature", "Temperature of the NT-Xent loss."),
     ("train", "hidden_norm", "L2-normalize projections before the contrastive loss."),
     ("train", "lineareval_while_pretraining", "Train a linear classifier on frozen features while "
                                               "pretraining (its top-1 is the reported accuracy)."),
     ("train", "eval_name", "Name of the evaluation (its results go to result_<name>.json)."),
+    ("train", "random_encoder_baseline", "After evaluation, also fit an offline linear probe on frozen "
+                                         "features of the trained encoder and of a randomly initialized "
+                                         "one (small datasets: it embeds the whole train split)."),
     ("train", "seed", "Seed of model initialization."),
     ("train", "verbose", "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."),
     # Distribution.
@@ -78,6 +83,9 @@ _FLAG_HELP = [
     ("distribute", "tpu_zone", "GCE zone of the Cloud TPU."),
     ("distribute", "gcp_project", "GCP project of the Cloud TPU."),
     ("distribute", "master", "Address of the TPU master when tpu_name is not given."),
+    ("distribute", "cpu_replicas", "Split the CPU into this many logical devices and train under "
+                                   "MirroredStrategy over them: the multi-replica code path without "
+                                   "GPUs (for testing; 0 leaves the CPU whole)."),
 ]
 
 _ENUMS = {

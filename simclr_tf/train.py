@@ -13,6 +13,7 @@ from absl import logging
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import distribute
+from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf.data import pipelines
 from simclr_tf.data import sources
@@ -43,6 +44,10 @@ class RunContext:
 
     def __init__(self, cfg: config_lib.Config):
         self.cfg = cfg
+        if cfg.train.checkpoint and not tf.io.gfile.exists(cfg.train.checkpoint):
+            raise FileNotFoundError(
+                f"--checkpoint={cfg.train.checkpoint} does not exist. Pass an existing "
+                "ckpt-*.weights.h5 file, or leave --checkpoint unset to start from scratch.")
         self.strategy = distribute.build_strategy(cfg.distribute)
         config_lib.check_batch_divides(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync)
         self.source = sources.get_source(
@@ -50,7 +55,9 @@ class RunContext:
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
         info = self.source.info
         self.num_train_examples = info.num_examples[cfg.data.train_split]
-        self.total_steps = config_lib.total_train_steps(cfg.train, self.num_train_examples)
+        self.total_steps = optimizers.total_train_steps(
+            self.num_train_examples, cfg.train.train_batch_size, cfg.train.train_epochs,
+            cfg.train.train_steps)
         self.probe = cfg.train.lineareval_while_pretraining and info.num_classes > 0
         if cfg.train.lineareval_while_pretraining and not self.probe:
             logging.warning("%s has no labels: the online linear probe is off and there is no accuracy "
@@ -114,7 +121,8 @@ def pretrain(ctx: RunContext):
     callbacks = [
         checkpoints.StopAtStep(ctx.total_steps),
         checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
-        keras.callbacks.TensorBoard(log_dir=model_dir, update_freq="epoch"),
+        keras.callbacks.TensorBoard(log_dir=model_dir,
+                                    update_freq=cfg.train.train_summary_steps or "epoch"),
         AugmentedViewsSummary(model_dir, sample_views),
     ]
     ctx.model.fit(dataset, epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
@@ -142,10 +150,30 @@ def evaluate(ctx: RunContext, checkpoint=None):
     result = {name: float(value) for name, value in metrics.items()}
     result.update(global_step=ctx.global_step, checkpoint=checkpoint, eval_split=cfg.data.eval_split,
                   num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
+    if cfg.train.random_encoder_baseline:
+        result.update(_offline_probes(ctx))
     name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
     _write_json(os.path.join(cfg.train.model_dir, name), result)
     logging.info("Evaluation at step %d: %s", ctx.global_step, result)
     return result
+
+
+def _offline_probes(ctx: RunContext):
+    """Linear probes on frozen features of the trained encoder and of a freshly initialized one."""
+    cfg = ctx.cfg
+    datasets = [pipelines.build_eval_dataset(ctx.source, split, cfg.data, cfg.train.eval_batch_size)
+                for split in (cfg.data.train_split, cfg.data.eval_split)]
+    num_classes = ctx.source.info.num_classes
+    seed = 0 if cfg.train.seed is None else cfg.train.seed + 1
+    random_model = build_simclr_model(
+        cfg.model, cfg.data.image_size, num_classes=0, temperature=cfg.train.temperature,
+        hidden_norm=cfg.train.hidden_norm, weight_decay=0.0, optimizer_name=cfg.optim.optimizer,
+        seed=seed)
+    trained = linear_probe.probe_encoder(ctx.model.encoder, *datasets, num_classes)
+    untrained = linear_probe.probe_encoder(random_model.encoder, *datasets, num_classes)
+    return {"offline_probe_top_1": trained["top_1"], "offline_probe_top_5": trained["top_5"],
+            "random_encoder_probe_top_1": untrained["top_1"],
+            "random_encoder_probe_top_5": untrained["top_5"]}
 
 
 def run(cfg: config_lib.Config):

@@ -1,0 +1,69 @@
+"""run.py end to end on the built-in data: checkpoints, config, results, resume, refused combinations."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = ["--dataset=builtin_shapes", "--eval_split=test", "--image_size=16", "--resnet_depth=18", "--width_multiplier=0.125",
+        "--num_proj_layers=2", "--proj_out_dim=16", "--train_batch_size=16", "--eval_batch_size=64",
+        "--eval_steps=2", "--temperature=0.5", "--learning_rate=0.5", "--warmup_epochs=0",
+        "--checkpoint_steps=2", "--verbose=0", "--seed=0"]
+
+
+def run_cli(*args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def checkpoint_steps(model_dir):
+    return sorted(int(name[5:13]) for name in os.listdir(model_dir)
+                  if name.startswith("ckpt-") and "partial" not in name)
+
+
+@pytest.mark.slow
+def test_train_then_eval_writes_checkpoints_config_results_and_resumes(tmp_path):
+    model_dir = str(tmp_path / "run")
+    proc = run_cli("--mode=train_then_eval", "--train_steps=4", f"--model_dir={model_dir}", *TINY)
+    assert checkpoint_steps(model_dir) == [2, 4]
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    assert config["model"]["width_multiplier"] == 0.125 and config["train"]["train_steps"] == 4
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["global_step"] == 4
+    assert 0.0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1.0
+    assert "Linear probe on test: top-1" in proc.stdout
+    assert any(name.startswith("events") for _, _, files in os.walk(model_dir) for name in files)
+
+    # Asking for more steps resumes from step 4 instead of starting again.
+    proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY)
+    assert "Restored" in proc.stderr and "ckpt-00000004" in proc.stderr
+    assert "Pretraining steps 4..6" in proc.stderr
+    assert checkpoint_steps(model_dir) == [2, 4, 6]
+
+    # --mode=eval evaluates the latest checkpoint.
+    run_cli("--mode=eval", "--train_steps=6", f"--model_dir={model_dir}", *TINY)
+    assert json.load(open(os.path.join(model_dir, "result.json")))["global_step"] == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fine_tune_after_block=2"], "--train_mode=finetune"),
+    (["--dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--image_size=4"], "--image_size=8 or more"),
+    (["--cpu_replicas=3"], "does not divide over the 3 replicas"),
+    (["--mode=eval"], "No checkpoint"),
+    (["--checkpoint=/nonexistent/ckpt.weights.h5"], "/nonexistent/ckpt.weights.h5"),
+])
+def test_invalid_combinations_fail_before_training(tmp_path, args, message):
+    model_dir = str(tmp_path / "bad")
+    proc = run_cli("--mode=train", "--train_steps=2", f"--model_dir={model_dir}", *TINY, *args,
+                   check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not os.path.isdir(model_dir) or not checkpoint_steps(model_dir)
