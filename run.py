@@ -20,7 +20,9 @@ simclr_flags.define_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from simclr_tf import train  # Imports TensorFlow: after flag parsing so --help stays fast.
+    import tensorflow as tf  # After flag parsing, so --help stays fast.
+
+    from simclr_tf import train
 
     try:
         cfg = simclr_flags.config_from_flags(flags.FLAGS)
@@ -28,6 +30,14 @@ def main(argv):
     except (config_lib.ConfigError, FileNotFoundError) as error:
         logging.error("%s", error)
         raise SystemExit(f"error: {error}") from None
+    except tf.errors.InvalidArgumentError as error:
+        # A corrupt image under --corrupt_images=fail: its message names the file and the fix.
+        marker = "Corrupt or unreadable image"
+        if marker not in error.message:
+            raise
+        reason = error.message[error.message.index(marker):].split("]")[0]
+        logging.error("%s", reason)
+        raise SystemExit(f"error: {reason}") from None
     if result is not None:
         print(f"Linear probe on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")

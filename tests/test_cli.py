@@ -67,3 +67,35 @@ def test_invalid_combinations_fail_before_training(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not os.path.isdir(model_dir) or not checkpoint_steps(model_dir)
+
+
+def write_image_folder(root):
+    import numpy as np
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 4)):
+        for label in ("cats", "dogs"):
+            os.makedirs(root / split / label)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)  # Sizes differ on purpose.
+                tf.io.write_file(str(root / split / label / f"{i}.png"), tf.io.encode_png(pixels))
+    # Two steps of 8 images read more than the 13 training files, so the broken one is always reached.
+    (root / "train" / "cats" / "broken.jpg").write_bytes(b"not a jpeg")
+    return str(root / "train" / "cats" / "broken.jpg")
+
+
+@pytest.mark.slow
+def test_image_folder_with_a_corrupt_file(tmp_path):
+    broken = write_image_folder(tmp_path / "images")
+    args = [f"--dataset={tmp_path / 'images'}", "--eval_split=test", "--image_size=16",
+            "--resnet_depth=18", "--width_multiplier=0.125", "--train_batch_size=8", "--train_steps=2",
+            "--eval_batch_size=8", "--verbose=0"]
+    proc = run_cli("--mode=train", f"--model_dir={tmp_path / 'fail'}", "--corrupt_images=fail", *args,
+                   check=False)
+    assert proc.returncode != 0
+    assert f"Corrupt or unreadable image {broken}" in proc.stderr
+    assert "--corrupt_images=skip" in proc.stderr
+
+    proc = run_cli("--mode=train_then_eval", f"--model_dir={tmp_path / 'skip'}", *args)
+    assert f"Skipping corrupt or unreadable image {broken}" in proc.stderr
+    assert "Linear probe on test: top-1" in proc.stdout
