@@ -27,7 +27,7 @@ def main(argv):
     try:
         cfg = simclr_flags.config_from_flags(flags.FLAGS)
         result = train.run(cfg)
-    except (config_lib.ConfigError, FileNotFoundError) as error:
+    except (config_lib.ConfigError, FileNotFoundError, train.NonFiniteLossError) as error:
         logging.error("%s", error)
         raise SystemExit(f"error: {error}") from None
     except tf.errors.InvalidArgumentError as error:

@@ -11,6 +11,8 @@ import re
 import keras
 from absl import logging
 
+from simclr_tf.config import ConfigError
+
 _NAME = re.compile(r"ckpt-(\d+)\.weights\.h5$")
 
 
@@ -54,7 +56,20 @@ def restore(model, path):
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     model.load_weights(path)
+    _check_optimizer_restored(model, path)
     logging.info("Restored %s", path)
+
+
+def _check_optimizer_restored(model, path):
+    """Keras only warns when the saved optimizer state does not fit; resuming then restarts at step 0."""
+    match = _NAME.search(os.path.basename(path))
+    if model.optimizer is None or not match or int(match.group(1)) == 0:
+        return
+    if int(model.optimizer.iterations.numpy()) == 0:
+        raise ConfigError(
+            f"The optimizer state in {path} does not fit this run's optimizer, so training would restart "
+            "at step 0. The checkpoint was written with another --optimizer or --precision "
+            "(mixed_float16 adds loss-scale variables); resume with the settings it was written with.")
 
 
 class PeriodicCheckpoint(keras.callbacks.Callback):

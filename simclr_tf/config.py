@@ -16,6 +16,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CORRUPT_IMAGE_POLICIES = ("skip", "fail")
 COLOR_JITTER_IMPLS = ("simclrv1", "simclrv2")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 CIFAR_STEM_MAX_SIZE = 32
 MIN_IMAGE_SIZE = 8
 
@@ -100,6 +101,8 @@ class TrainConfig:
     random_encoder_baseline: bool = False
     seed: Optional[int] = None
     verbose: int = 2
+    precision: str = "float32"
+    jit_compile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +153,7 @@ def validate(cfg: Config) -> Config:
     _choice(model.resnet_depth, RESNET_DEPTHS, "resnet_depth")
     _choice(data.corrupt_images, CORRUPT_IMAGE_POLICIES, "corrupt_images")
     _choice(data.color_jitter_impl, COLOR_JITTER_IMPLS, "color_jitter_impl")
+    _choice(train.precision, PRECISIONS, "precision")
     _positive(train.train_batch_size, "train_batch_size")
     _positive(train.eval_batch_size, "eval_batch_size")
     _positive(model.width_multiplier, "width_multiplier")

@@ -77,6 +77,13 @@ _FLAG_HELP = [
                                          "one (small datasets: it embeds the whole train split)."),
     ("train", "seed", "Seed of model initialization."),
     ("train", "verbose", "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."),
+    ("train", "precision", "Numeric precision: float32, mixed_bfloat16 or mixed_float16 (computations in "
+                           "16 bits, variables, batch norm statistics and losses in float32; float16 adds "
+                           "dynamic loss scaling), or auto: mixed_float16 on GPUs of compute capability "
+                           "7.0 or more, mixed_bfloat16 on a TPU or a CPU with avx512_bf16/amx_bf16, "
+                           "float32 otherwise (the choice is logged)."),
+    ("train", "jit_compile", "Compile the training step with XLA. Off by default: it can be slower on "
+                             "CPUs (a ResNet-18 step took 2.1x as long on a 2-core CPU)."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),
@@ -96,6 +103,7 @@ _ENUMS = {
     "proj_head_mode": config_lib.PROJ_HEAD_MODES,
     "corrupt_images": config_lib.CORRUPT_IMAGE_POLICIES,
     "color_jitter_impl": config_lib.COLOR_JITTER_IMPLS,
+    "precision": config_lib.PRECISIONS,
 }
 
 _SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(config_lib.Config)}

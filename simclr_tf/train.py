@@ -15,11 +15,46 @@ from simclr_tf import config as config_lib
 from simclr_tf import distribute
 from simclr_tf import linear_probe
 from simclr_tf import optimizers
+from simclr_tf import precision
 from simclr_tf.data import pipelines
 from simclr_tf.data import sources
 from simclr_tf.models.simclr import build_simclr_model
 
 NUM_SUMMARY_VIEWS = 4
+LOSS_LOGS = ("loss", "contrast_loss", "supervised_loss", "weight_decay")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or Inf loss; the message names the step, the loss and what to try."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` at the end of the first batch whose loss is NaN or Inf.
+
+    Raising, rather than setting `stop_training`, ends `fit` before the epoch-end callbacks run, so
+    `PeriodicCheckpoint` never saves the diverged weights and the newest checkpoint stays the last good
+    one. Put it first in the callback list so no other callback sees that batch. The logged losses are
+    running means over the epoch, which turn non-finite at the first non-finite batch.
+    """
+
+    def __init__(self, model_dir):
+        super().__init__()
+        self.model_dir = model_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {name: value for name, value in (logs or {}).items()
+               if name in LOSS_LOGS and not math.isfinite(value)}
+        if not bad:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        latest = checkpoints.latest_checkpoint(self.model_dir)
+        kept = (f"The newest checkpoint, {latest[1]}, is from before the divergence and stays the latest"
+                if latest else "No checkpoint was written")
+        values = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise NonFiniteLossError(
+            f"Training diverged at step {step}: {values}. Stopped without saving the diverged weights. "
+            f"{kept}. Try a lower --learning_rate (or longer --warmup_epochs), --precision=float32 if "
+            "you train in mixed precision, and check the input data for NaN or Inf values.")
 
 
 class AugmentedViewsSummary(keras.callbacks.Callback):
@@ -49,6 +84,9 @@ class RunContext:
                 f"--checkpoint={cfg.train.checkpoint} does not exist. Pass an existing "
                 "ckpt-*.weights.h5 file, or leave --checkpoint unset to start from scratch.")
         self.strategy = distribute.build_strategy(cfg.distribute)
+        # After the strategy (auto looks for its TPU), before the model (layers read the policy).
+        self.precision = precision.apply_precision(cfg.train.precision)
+        logging.info("Training in %s%s.", self.precision, " with XLA" if cfg.train.jit_compile else "")
         config_lib.check_batch_divides(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync)
         self.source = sources.get_source(
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
@@ -82,7 +120,8 @@ class RunContext:
             optimizer = optimizers.build_optimizer(
                 cfg.optim.optimizer, schedule, momentum=cfg.optim.momentum,
                 weight_decay=cfg.optim.weight_decay)
-            self.model.compile(optimizer=optimizer)
+            self.model.compile(optimizer=precision.wrap_optimizer(optimizer, self.precision),
+                               jit_compile=cfg.train.jit_compile)
 
     @property
     def global_step(self):
@@ -119,6 +158,7 @@ def pretrain(ctx: RunContext):
                                               NUM_SUMMARY_VIEWS, seed=0)
     sample_views, _ = next(iter(sample))
     callbacks = [
+        StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
         checkpoints.StopAtStep(ctx.total_steps),
         checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
         keras.callbacks.TensorBoard(log_dir=model_dir,

@@ -29,6 +29,8 @@ def test_defaults_are_valid_and_match_reference_defaults():
     ({"train": {"model_dir": "/tmp/x", "train_steps": 0, "train_epochs": 0}}, "--train_steps"),
     ({"distribute": {"tpu_name": "my-tpu"}}, "--use_tpu"),
     ({"optim": {"optimizer": "sgd"}}, "one of ['lars', 'momentum', 'adam']"),
+    ({"train": {"precision": "half"}}, "--precision='half' is not one of ['float32', 'mixed_bfloat16', "
+                                       "'mixed_float16', 'auto']"),
 ])
 def test_invalid_combinations_are_refused_with_the_fix(sections, fragment):
     with pytest.raises(config_lib.ConfigError, match=None) as error:

@@ -48,6 +48,14 @@ def test_reference_cifar_command_line():
     assert cfg.model.resnet_depth == 18 and cfg.optim.weight_decay == 1e-4
 
 
+def test_precision_and_jit_flags():
+    cfg = simclr_flags.config_from_flags(parse(["--model_dir=/tmp/m", "--precision=mixed_bfloat16",
+                                                "--jit_compile"]))
+    assert cfg.train.precision == "mixed_bfloat16" and cfg.train.jit_compile
+    with pytest.raises(flags.IllegalFlagValueError, match="mixed_float16"):
+        parse(["--precision=half"])
+
+
 def test_invalid_flags_raise_config_error():
     with pytest.raises(config_lib.ConfigError, match="fine_tune_after_block"):
         simclr_flags.config_from_flags(parse(["--model_dir=/tmp/m", "--fine_tune_after_block=1"]))

@@ -67,14 +67,15 @@ class SimCLRModel(keras.Model):
         return list(self._trackers.values()) + list(self._eval_metrics.values())
 
     def call(self, images, training=False):
-        """Returns a dict with `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
+        """Returns a float32 dict of `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
         features = self.encoder(images, training=training)
         projection, probe_input = self.projection_head(features, training=training)
         outputs = {"final_avg_pool": features, "proj_head_output": projection}
         if self.supervised_head is not None:
             outputs["logits_sup"] = self.supervised_head(
                 tf.stop_gradient(probe_input), training=training)
-        return outputs
+        # Under a mixed precision policy the layers compute in 16 bits; losses and metrics get float32.
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
     def train_step(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -88,7 +89,7 @@ class SimCLRModel(keras.Model):
             updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
             if self.supervised_head is not None:
                 both_labels = tf.concat([labels, labels], axis=0)
-                logits = tf.cast(outputs["logits_sup"], tf.float32)
+                logits = outputs["logits_sup"]
                 sup_loss = losses.supervised_loss(both_labels, logits)
                 loss += sup_loss
                 updates["supervised_loss"] = sup_loss
@@ -101,7 +102,8 @@ class SimCLRModel(keras.Model):
             updates["weight_decay"] = decay
             updates["loss"] = loss
             # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
-            scaled_loss = loss / _num_replicas()
+            # scale_loss multiplies by the loss scale under mixed_float16 (LossScaleOptimizer), else by 1.
+            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         for name, value in updates.items():
@@ -115,7 +117,7 @@ class SimCLRModel(keras.Model):
         if self.supervised_head is None:
             raise ValueError("This model has no linear probe (num_classes=0): there is nothing to "
                              "evaluate. Pretrain with labelled data and lineareval_while_pretraining.")
-        logits = tf.cast(self(images, training=False)["logits_sup"], tf.float32)
+        logits = self(images, training=False)["logits_sup"]
         self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
         self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
         self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
