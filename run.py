@@ -38,7 +38,10 @@ def main(argv):
         reason = error.message[error.message.index(marker):].split("]")[0]
         logging.error("%s", reason)
         raise SystemExit(f"error: {reason}") from None
-    if result is not None:
+    if result is not None and "outputs" in result:
+        print(f"Converted {result['converted_from']} ({result['layout']}, "
+              f"{result['assigned_weights']} weights): {', '.join(result['outputs'])}")
+    elif result is not None:
         print(f"Linear probe on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")
         if "random_encoder_probe_top_1" in result:

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Optional
 
-MODES = ("train", "eval", "train_then_eval")
+MODES = ("train", "eval", "train_then_eval", "convert")
 TRAIN_MODES = ("pretrain",)
 OPTIMIZERS = ("lars", "momentum", "adam")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
@@ -181,7 +181,10 @@ def validate(cfg: Config) -> Config:
             f"has {num_hidden} layer(s); use a value from -1 to {num_hidden}.")
     if model.proj_head_mode == "nonlinear" and model.num_proj_layers < 1:
         raise ConfigError("--num_proj_layers must be at least 1 with --proj_head_mode=nonlinear.")
-    if train.mode in ("train", "train_then_eval", "eval") and not train.model_dir:
+    if train.mode == "convert" and not train.checkpoint:
+        raise ConfigError("--mode=convert reads a reference checkpoint: pass it with --checkpoint=PATH "
+                          "(a checkpoint prefix, a directory of checkpoints, or a SavedModel/TF-Hub folder).")
+    if not train.model_dir:
         raise ConfigError("--model_dir is required: checkpoints, config.json and result.json go there.")
     if cfg.distribute.tpu_name and not cfg.distribute.use_tpu:
         raise ConfigError("--tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.")

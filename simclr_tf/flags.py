@@ -53,7 +53,9 @@ _FLAG_HELP = [
     ("optim", "momentum", "Momentum."),
     ("optim", "weight_decay", "Weight decay (added to the gradient inside LARS; an L2 loss otherwise)."),
     # Training.
-    ("train", "mode", "train, eval (evaluate the checkpoints in model_dir) or train_then_eval."),
+    ("train", "mode", "train, eval (evaluate the newest checkpoint in model_dir), train_then_eval, or "
+                      "convert (a reference TF1/TF2 checkpoint or SavedModel given by --checkpoint into "
+                      "model_dir/model.keras and encoder.keras)."),
     ("train", "train_mode", "pretrain."),
     ("train", "model_dir", "Where checkpoints, summaries, config.json and result.json are written."),
     ("train", "checkpoint", "A checkpoint to start from when model_dir has none yet."),

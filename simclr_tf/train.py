@@ -154,9 +154,7 @@ def pretrain(ctx: RunContext):
     dataset = pipelines.distributed(
         ctx.strategy, pipelines.build_pretrain_dataset, cfg.train.train_batch_size,
         source=ctx.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed)
-    sample = pipelines.build_pretrain_dataset(ctx.source, cfg.data.train_split, cfg.data,
-                                              NUM_SUMMARY_VIEWS, seed=0)
-    sample_views, _ = next(iter(sample))
+    sample_views = pipelines.sample_views(ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)
     callbacks = [
         StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
         checkpoints.StopAtStep(ctx.total_steps),
@@ -216,11 +214,33 @@ def _offline_probes(ctx: RunContext):
             "random_encoder_probe_top_5": untrained["top_5"]}
 
 
+def convert(cfg: config_lib.Config):
+    """Converts a reference checkpoint (--checkpoint) into `model.keras` and `encoder.keras` in model_dir."""
+    from simclr_tf import reference_checkpoints
+
+    try:
+        model, report = reference_checkpoints.load_reference_checkpoint(cfg.train.checkpoint)
+    except ValueError as error:
+        raise config_lib.ConfigError(str(error)) from error
+    logging.info("%s", report.summary())
+    model_dir = cfg.train.model_dir
+    model.save(os.path.join(model_dir, "model.keras"))
+    model.encoder.save(os.path.join(model_dir, "encoder.keras"))
+    result = {"converted_from": cfg.train.checkpoint, "layout": report.layout,
+              "architecture": report.architecture, "assigned_weights": report.assigned,
+              "ignored_variables": report.ignored,
+              "outputs": [os.path.join(model_dir, name) for name in ("model.keras", "encoder.keras")]}
+    _write_json(os.path.join(model_dir, "conversion.json"), result)
+    return result
+
+
 def run(cfg: config_lib.Config):
     """Runs `cfg.train.mode`; returns the evaluation result when there is one."""
     config_lib.validate(cfg)
     os.makedirs(cfg.train.model_dir, exist_ok=True)
     _write_json(os.path.join(cfg.train.model_dir, "config.json"), json.loads(cfg.to_json()))
+    if cfg.train.mode == "convert":
+        return convert(cfg)
     ctx = RunContext(cfg)
     if cfg.train.mode in ("train", "train_then_eval"):
         pretrain(ctx)

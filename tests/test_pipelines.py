@@ -85,3 +85,10 @@ ds = pipelines.distributed(strategy, pipelines.build_pretrain_dataset, 8, source
 report([list(v.shape) for v in strategy.experimental_local_results(view_1)])
 """, num_devices=2)
     assert result == [[4, 16, 16, 3], [4, 16, 16, 3]]
+
+
+@pytest.mark.parametrize("sizes", [None, [(20 + i, 30 - i) for i in range(12)]])
+def test_sample_views_for_summaries(sizes):
+    view_1, view_2 = pipelines.sample_views(ArraySource(sizes=sizes), "train", DATA, 3)
+    assert view_1.shape == view_2.shape == (3, 16, 16, 3)
+    assert float(tf.reduce_mean(tf.abs(view_1 - view_2))) > 0.01

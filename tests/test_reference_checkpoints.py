@@ -194,3 +194,27 @@ def test_tf1_hub_module_variables_load(tmp_path):
     write_checkpoint(str(tmp_path / "partial"), reference_tensors(data, drop={missing}))
     with pytest.raises(ValueError, match=missing):
         load_reference_checkpoint(str(tmp_path / "partial"))
+
+
+@pytest.mark.slow
+def test_run_py_converts_a_reference_checkpoint_into_keras_files(tmp_path):
+    import keras
+
+    from tests.test_cli import run_cli
+    data = golden("r18_cifar")
+    prefix = write_checkpoint(str(tmp_path / "ckpt-7"), reference_tensors(data))
+    out = tmp_path / "converted"
+    proc = run_cli("--mode=convert", f"--checkpoint={prefix}", f"--model_dir={out}")
+    assert "Converted" in proc.stdout and "tf2_checkpoint" in proc.stdout
+    model = keras.saving.load_model(str(out / "model.keras"))
+    assert_matches_golden(model(golden_input(data), training=False), data["outputs"])
+    encoder = keras.saving.load_model(str(out / "encoder.keras"))
+    np.testing.assert_allclose(encoder(golden_input(data), training=False),
+                               model(golden_input(data), training=False)["final_avg_pool"], atol=1e-5)
+    assert json.load(open(out / "conversion.json"))["architecture"]["depth"] == 18
+
+
+def test_convert_without_checkpoint_is_refused():
+    from tests.test_cli import run_cli
+    proc = run_cli("--mode=convert", "--model_dir=/tmp/unused_convert", check=False)
+    assert proc.returncode != 0 and "--checkpoint=PATH" in proc.stderr

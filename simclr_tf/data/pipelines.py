@@ -69,6 +69,14 @@ def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_co
     return ds.prefetch(AUTOTUNE)
 
 
+def sample_views(source, split, data: DataConfig, count, seed=0):
+    """Two views of each of the first `count` images of `split`, for summaries (no shuffle buffer)."""
+    augmenter = pretrain_augmenter(data)
+    pairs = [augment.two_views(augmenter, _to_float(example["image"]), tf.constant([seed, i], tf.int64))
+             for i, example in enumerate(source.dataset(split).take(count))]
+    return tuple(tf.stack(views) for views in zip(*pairs))
+
+
 def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None):
     """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short."""
     ds = _shard(source.dataset(split, shuffle_files=False), input_context)
