@@ -99,3 +99,18 @@ def test_image_folder_with_a_corrupt_file(tmp_path):
     proc = run_cli("--mode=train_then_eval", f"--model_dir={tmp_path / 'skip'}", *args)
     assert f"Skipping corrupt or unreadable image {broken}" in proc.stderr
     assert "Linear probe on test: top-1" in proc.stdout
+
+
+FLAG_FILES = sorted(os.listdir(os.path.join(REPO, "flags")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag_file", FLAG_FILES)
+def test_every_flag_file_runs_a_step(tmp_path, flag_file):
+    """Each flag file, with its data and sizes made tiny, trains a step and evaluates."""
+    proc = run_cli("--mode=train_then_eval", f"--flagfile=flags/{flag_file}",
+                   "--dataset=builtin_shapes", "--eval_split=test", "--width_multiplier=0.0625",
+                   "--train_batch_size=8", "--train_steps=1", "--eval_batch_size=8", "--eval_steps=1",
+                   "--norandom_encoder_baseline", "--verbose=0", f"--model_dir={tmp_path}")
+    assert "Linear probe on test: top-1" in proc.stdout
+    assert checkpoint_steps(str(tmp_path)) == [1]
