@@ -90,6 +90,7 @@ class TrainConfig:
     train_steps: int = 0
     eval_batch_size: int = 256
     eval_steps: int = 0
+    eval_wait_secs: int = 0
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5

@@ -64,6 +64,9 @@ _FLAG_HELP = [
     ("train", "train_steps", "Steps to train for; overrides train_epochs when set."),
     ("train", "eval_batch_size", "Batch size for evaluation."),
     ("train", "eval_steps", "Evaluation steps; 0 evaluates the whole split."),
+    ("train", "eval_wait_secs", "With --mode=eval, keep watching model_dir and evaluate each new "
+                                "checkpoint until one reaches the last training step or none arrives for "
+                                "this many seconds (0: evaluate the newest checkpoint and stop)."),
     ("train", "checkpoint_epochs", "Epochs between checkpoints and summaries."),
     ("train", "checkpoint_steps", "Steps between checkpoints; overrides checkpoint_epochs when set."),
     ("train", "keep_checkpoint_max", "Checkpoints to keep."),

@@ -5,6 +5,7 @@
 import json
 import math
 import os
+import time
 
 import keras
 import tensorflow as tf
@@ -21,6 +22,7 @@ from simclr_tf.data import sources
 from simclr_tf.models.simclr import build_simclr_model
 
 NUM_SUMMARY_VIEWS = 4
+EVAL_POLL_SECS = 15
 LOSS_LOGS = ("loss", "contrast_loss", "supervised_loss", "weight_decay")
 
 
@@ -196,6 +198,27 @@ def evaluate(ctx: RunContext, checkpoint=None):
     return result
 
 
+def watch_and_evaluate(ctx: RunContext):
+    """--mode=eval: evaluates the newest checkpoint, then (with --eval_wait_secs) each newer one as it
+    appears, until one reaches the last training step or none arrives for --eval_wait_secs seconds."""
+    cfg = ctx.cfg
+    result = evaluate(ctx)
+    last_arrival = time.time()
+    while result["global_step"] < ctx.total_steps and cfg.train.eval_wait_secs > 0:
+        latest = checkpoints.latest_checkpoint(cfg.train.model_dir)
+        if latest and latest[0] > result["global_step"]:
+            result = evaluate(ctx, latest[1])
+            last_arrival = time.time()
+        elif time.time() - last_arrival > cfg.train.eval_wait_secs:
+            logging.warning("No new checkpoint in %s for %d s (newest: step %d of %d); stopping.",
+                            cfg.train.model_dir, cfg.train.eval_wait_secs, result["global_step"],
+                            ctx.total_steps)
+            break
+        else:
+            time.sleep(min(EVAL_POLL_SECS, cfg.train.eval_wait_secs))
+    return result
+
+
 def _offline_probes(ctx: RunContext):
     """Linear probes on frozen features of the trained encoder and of a freshly initialized one."""
     cfg = ctx.cfg
@@ -244,6 +267,8 @@ def run(cfg: config_lib.Config):
     ctx = RunContext(cfg)
     if cfg.train.mode in ("train", "train_then_eval"):
         pretrain(ctx)
-    if cfg.train.mode in ("eval", "train_then_eval"):
+    if cfg.train.mode == "eval":
+        return watch_and_evaluate(ctx)
+    if cfg.train.mode == "train_then_eval":
         return evaluate(ctx)
     return None

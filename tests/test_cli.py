@@ -51,6 +51,11 @@ def test_train_then_eval_writes_checkpoints_config_results_and_resumes(tmp_path)
     run_cli("--mode=eval", "--train_steps=6", f"--model_dir={model_dir}", *TINY)
     assert json.load(open(os.path.join(model_dir, "result.json")))["global_step"] == 6
 
+    # Watching for a step that never comes stops after --eval_wait_secs without a new checkpoint.
+    proc = run_cli("--mode=eval", "--train_steps=8", "--eval_wait_secs=1", f"--model_dir={model_dir}",
+                   *TINY)
+    assert "No new checkpoint" in proc.stderr and "step 6 of 8" in proc.stderr
+
 
 @pytest.mark.parametrize("args, message", [
     (["--fine_tune_after_block=2"], "--train_mode=finetune"),
