@@ -20,7 +20,7 @@ simclr_flags.define_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import tensorflow as tf  # After flag parsing, so --help stays fast.
+    import tensorflow as tf
 
     from simclr_tf import train
 

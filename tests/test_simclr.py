@@ -104,3 +104,12 @@ def test_two_replicas_take_the_same_step_as_one():
     np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-4)
     for a, b in zip(one["weights"], two["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_zero_init_logits_layer_starts_the_probe_at_zero_logits():
+    encoder = ResNet(depth=18, width_multiplier=0.125, cifar_stem=True)
+    model = SimCLRModel(encoder, ProjectionHead(num_layers=2, out_dim=8), num_classes=4,
+                        zero_init_logits_layer=True)
+    logits = model(tf.random.uniform([2, 16, 16, 3]))["logits_sup"]
+    np.testing.assert_array_equal(logits.numpy(), np.zeros((2, 4)))
+    assert not np.all(tiny_model()(tf.random.uniform([2, 16, 16, 3]))["logits_sup"].numpy() == 0)

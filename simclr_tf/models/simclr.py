@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf import optimizers
+from simclr_tf.config import CIFAR_STEM_MAX_SIZE
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
 
@@ -40,7 +41,7 @@ class SimCLRModel(keras.Model):
     """
 
     def __init__(self, encoder, projection_head, num_classes=0, temperature=0.1, hidden_norm=True,
-                 weight_decay=0.0, optimizer_name="lars", **kwargs):
+                 weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.projection_head = projection_head
@@ -49,7 +50,9 @@ class SimCLRModel(keras.Model):
         self.hidden_norm = hidden_norm
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer_name
-        self.supervised_head = SupervisedHead(num_classes) if num_classes else None
+        self.zero_init_logits_layer = zero_init_logits_layer
+        self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
+                                if num_classes else None)
         names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay"]
         if num_classes:
             names += ["supervised_loss", "supervised_acc"]
@@ -133,6 +136,7 @@ class SimCLRModel(keras.Model):
             hidden_norm=self.hidden_norm,
             weight_decay=self.weight_decay,
             optimizer_name=self.optimizer_name,
+            zero_init_logits_layer=self.zero_init_logits_layer,
         )
         return config
 
@@ -151,7 +155,8 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
         keras.utils.set_random_seed(seed)
     encoder = ResNet(
         depth=model_cfg.resnet_depth, width_multiplier=model_cfg.width_multiplier,
-        cifar_stem=image_size <= 32, sk_ratio=model_cfg.sk_ratio, se_ratio=model_cfg.se_ratio,
+        cifar_stem=image_size <= CIFAR_STEM_MAX_SIZE, sk_ratio=model_cfg.sk_ratio,
+        se_ratio=model_cfg.se_ratio,
         bn_momentum=model_cfg.batch_norm_decay, bn_epsilon=model_cfg.batch_norm_epsilon,
         global_bn=model_cfg.global_bn)
     head = ProjectionHead(
@@ -161,6 +166,7 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
         global_bn=model_cfg.global_bn)
     model = SimCLRModel(encoder, head, num_classes=num_classes, temperature=temperature,
                         hidden_norm=hidden_norm, weight_decay=weight_decay,
-                        optimizer_name=optimizer_name)
+                        optimizer_name=optimizer_name,
+                        zero_init_logits_layer=model_cfg.zero_init_logits_layer)
     model(tf.zeros([1, image_size, image_size, 3]))
     return model
