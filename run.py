@@ -38,11 +38,14 @@ def main(argv):
         reason = error.message[error.message.index(marker):].split("]")[0]
         logging.error("%s", reason)
         raise SystemExit(f"error: {reason}") from None
-    if result is not None and "outputs" in result:
+    if result is not None and "export_dir" in result:
+        print(f"Exported {result['exported_from']} (step {result['global_step']}) to {result['export_dir']}")
+    elif result is not None and "outputs" in result:
         print(f"Converted {result['converted_from']} ({result['layout']}, "
               f"{result['assigned_weights']} weights): {', '.join(result['outputs'])}")
     elif result is not None:
-        print(f"Linear probe on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
+        what = "Linear probe" if cfg.train.train_mode == "pretrain" else "Classifier"
+        print(f"{what} on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")
         if "random_encoder_probe_top_1" in result:
             print(f"Offline linear probe on frozen features, top-1: pretrained encoder "

@@ -8,8 +8,8 @@ import json
 import math
 from typing import Optional
 
-MODES = ("train", "eval", "train_then_eval", "convert")
-TRAIN_MODES = ("pretrain",)
+MODES = ("train", "eval", "train_then_eval", "export", "convert")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LEARNING_RATE_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
@@ -19,6 +19,9 @@ COLOR_JITTER_IMPLS = ("simclrv1", "simclrv2")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 CIFAR_STEM_MAX_SIZE = 32
 MIN_IMAGE_SIZE = 8
+# The reference's --variable_schema values: what they select is what simclr_tf always restores.
+REFERENCE_VARIABLE_SCHEMAS = ("?!global_step", "(?!global_step|(?:.*/|^)Momentum|head)",
+                              "(?!global_step|(?:.*/|^)Momentum|head_supervised)")
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,8 @@ class DataConfig:
     corrupt_images: str = "skip"
     shuffle_buffer: int = 10000
     seed: Optional[int] = None
+    label_fraction: float = 1.0  # Fine-tuning/distillation: train on this class-balanced share of labels.
+    labels_per_class: int = 0  # ... or on this many labelled examples per class (0: use label_fraction).
 
     @property
     def blur(self) -> bool:
@@ -104,6 +109,12 @@ class TrainConfig:
     verbose: int = 2
     precision: str = "float32"
     jit_compile: bool = False
+    grad_accum_steps: int = 1
+    keep_hub_module_max: int = 1
+    teacher_checkpoint: Optional[str] = None
+    distill_temperature: float = 1.0
+    distill_label_weight: float = 0.0
+    variable_schema: Optional[str] = None  # Accepted for the reference's command lines; see validate().
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,11 +179,25 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"--image_size={data.image_size} is too small: the ResNet downsamples by 8 even with the "
             f"CIFAR stem; use --image_size={MIN_IMAGE_SIZE} or more.")
-    if train.train_mode == "pretrain" and model.fine_tune_after_block != -1:
+    if train.train_mode != "finetune" and model.fine_tune_after_block != -1:
         raise ConfigError(
             f"--fine_tune_after_block={model.fine_tune_after_block} freezes part of the encoder, which "
-            "only makes sense when fine-tuning; pretraining trains the whole encoder. Remove the flag "
-            "or set --train_mode=finetune.")
+            f"only makes sense when fine-tuning; --train_mode={train.train_mode} trains the whole "
+            "encoder. Remove the flag or set --train_mode=finetune.")
+    _check_label_subset(data, train)
+    _check_distillation(train)
+    if train.grad_accum_steps < 1 or train.train_batch_size % train.grad_accum_steps:
+        raise ConfigError(
+            f"--grad_accum_steps={train.grad_accum_steps} must be a positive divisor of "
+            f"--train_batch_size={train.train_batch_size}: each step accumulates that many equal "
+            "micro-batches.")
+    _positive(train.keep_hub_module_max, "keep_hub_module_max")
+    if train.variable_schema is not None and train.variable_schema not in REFERENCE_VARIABLE_SCHEMAS:
+        raise ConfigError(
+            f"--variable_schema={train.variable_schema!r} is not needed here: simclr_tf restores the encoder "
+            "and the projection layers it keeps from --checkpoint, never a classifier, optimizer state or "
+            "step counter (what the reference's schemas select). Remove the flag; the reference's values "
+            f"{list(REFERENCE_VARIABLE_SCHEMAS)} are accepted and change nothing.")
     if not -1 <= model.fine_tune_after_block <= 4:
         raise ConfigError("--fine_tune_after_block must be -1 (train all), 0 (after the stem) ... 4.")
     num_hidden = {"none": 0, "linear": 1, "nonlinear": model.num_proj_layers}[model.proj_head_mode]
@@ -190,6 +215,37 @@ def validate(cfg: Config) -> Config:
     if cfg.distribute.tpu_name and not cfg.distribute.use_tpu:
         raise ConfigError("--tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.")
     return cfg
+
+
+def _check_label_subset(data: DataConfig, train: TrainConfig):
+    if not 0.0 < data.label_fraction <= 1.0:
+        raise ConfigError(f"--label_fraction={data.label_fraction} must be in (0, 1]; 1 uses every label.")
+    if data.labels_per_class < 0:
+        raise ConfigError(f"--labels_per_class={data.labels_per_class} must be 0 (off) or positive.")
+    if data.labels_per_class and data.label_fraction < 1.0:
+        raise ConfigError("--label_fraction and --labels_per_class both choose the labelled subset; "
+                          "set only one of them.")
+    subset = data.labels_per_class or data.label_fraction < 1.0
+    if subset and train.train_mode == "pretrain":
+        raise ConfigError(
+            "A labelled subset (--label_fraction/--labels_per_class) applies to --train_mode=finetune "
+            "or distill; pretraining uses every image without its label. Remove the flag or change "
+            "--train_mode.")
+
+
+def _check_distillation(train: TrainConfig):
+    if train.train_mode == "distill":
+        if not train.teacher_checkpoint and train.mode in ("train", "train_then_eval"):
+            raise ConfigError("--train_mode=distill needs a fine-tuned teacher: pass "
+                              "--teacher_checkpoint=PATH (a fine-tuning run's checkpoint, .keras file or "
+                              "exported SavedModel, or a released fine-tuned checkpoint).")
+        _positive(train.distill_temperature, "distill_temperature")
+        if not 0.0 <= train.distill_label_weight <= 1.0:
+            raise ConfigError(f"--distill_label_weight={train.distill_label_weight} must be in [0, 1]: "
+                              "the weight of the labelled loss, the teacher's getting the rest.")
+    elif train.teacher_checkpoint:
+        raise ConfigError(f"--teacher_checkpoint is only read with --train_mode=distill (this run is "
+                          f"--train_mode={train.train_mode}); remove it or set --train_mode=distill.")
 
 
 def check_batch_divides(global_batch_size: int, num_replicas: int, flag: str = "train_batch_size"):

@@ -29,6 +29,10 @@ _FLAG_HELP = [
                                "or fail."),
     ("data", "shuffle_buffer", "Examples in the shuffle buffer."),
     ("data", "seed", "Seed of the input pipeline (augmentations, shuffling). Unset: a fresh one per run."),
+    ("data", "label_fraction", "Fine-tuning and distillation: train on this fraction of the labels, "
+                               "drawn class-balanced and seeded (--seed, else 0); the chosen ids go to "
+                               "model_dir/label_subset.json. 1 uses every label."),
+    ("data", "labels_per_class", "Like --label_fraction, but this many labelled examples per class."),
     # Model.
     ("model", "resnet_depth", "Depth of the ResNet: 18, 34, 50, 101, 152 or 200."),
     ("model", "width_multiplier", "Width multiplier of the ResNet (fractions such as 0.5 work too)."),
@@ -53,10 +57,13 @@ _FLAG_HELP = [
     ("optim", "momentum", "Momentum."),
     ("optim", "weight_decay", "Weight decay (added to the gradient inside LARS; an L2 loss otherwise)."),
     # Training.
-    ("train", "mode", "train, eval (evaluate the newest checkpoint in model_dir), train_then_eval, or "
-                      "convert (a reference TF1/TF2 checkpoint or SavedModel given by --checkpoint into "
+    ("train", "mode", "train, eval (evaluate the newest checkpoint in model_dir), train_then_eval, "
+                      "export (a SavedModel of the newest checkpoint, or of --checkpoint), or convert (a "
+                      "reference TF1/TF2 checkpoint or SavedModel given by --checkpoint into "
                       "model_dir/model.keras and encoder.keras)."),
-    ("train", "train_mode", "pretrain."),
+    ("train", "train_mode", "pretrain (SimCLR), finetune (a classifier on a pretrained encoder given by "
+                            "--checkpoint; with --fine_tune_after_block=4 the linear evaluation "
+                            "protocol), or distill (a student learns a teacher's predictions)."),
     ("train", "model_dir", "Where checkpoints, summaries, config.json and result.json are written."),
     ("train", "checkpoint", "A checkpoint to start from when model_dir has none yet."),
     ("train", "train_batch_size", "Global batch size (images; each gives two views), split over replicas."),
@@ -89,6 +96,20 @@ _FLAG_HELP = [
                            "float32 otherwise (the choice is logged)."),
     ("train", "jit_compile", "Compile the training step with XLA. Off by default: it can be slower on "
                              "CPUs (a ResNet-18 step took 2.1x as long on a 2-core CPU)."),
+    ("train", "grad_accum_steps", "Split each step's batch into this many micro-batches and sum their "
+                                  "gradients before the update: the memory of a smaller batch, the "
+                                  "gradient of the full one. The contrastive negatives still come only "
+                                  "from within a micro-batch."),
+    ("train", "keep_hub_module_max", "SavedModel exports (model_dir/saved_model/<step>) to keep."),
+    ("train", "teacher_checkpoint", "Distillation: the fine-tuned teacher (a fine-tuning run's "
+                                    "checkpoint, .keras file or exported SavedModel, or a released "
+                                    "fine-tuned checkpoint)."),
+    ("train", "distill_temperature", "Distillation: temperature of the teacher's and student's softmax."),
+    ("train", "distill_label_weight", "Distillation: weight of the cross-entropy on true labels (the "
+                                      "distillation loss gets 1 minus it); 0 uses no labels."),
+    ("train", "variable_schema", "Accepted for the reference's command lines and otherwise unused: the "
+                                 "encoder and kept projection layers are restored from --checkpoint, "
+                                 "never a classifier or optimizer state."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),

@@ -14,9 +14,12 @@ from absl import logging
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import distribute
+from simclr_tf import export as export_lib
 from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf import precision
+from simclr_tf import pretrained
+from simclr_tf import tasks
 from simclr_tf.data import pipelines
 from simclr_tf.data import sources
 from simclr_tf.models.simclr import build_simclr_model
@@ -77,14 +80,16 @@ class AugmentedViewsSummary(keras.callbacks.Callback):
 
 
 class RunContext:
-    """What every phase of a run shares: the config, the strategy, the data source and the model."""
+    """What every phase of a run shares: the config, the strategy, the data source, the task and the model."""
 
     def __init__(self, cfg: config_lib.Config):
         self.cfg = cfg
-        if cfg.train.checkpoint and not tf.io.gfile.exists(cfg.train.checkpoint):
+        checkpoint = cfg.train.checkpoint
+        if checkpoint and not (tf.io.gfile.exists(checkpoint) or tf.io.gfile.exists(checkpoint + ".index")):
             raise FileNotFoundError(
-                f"--checkpoint={cfg.train.checkpoint} does not exist. Pass an existing "
-                "ckpt-*.weights.h5 file, or leave --checkpoint unset to start from scratch.")
+                f"--checkpoint={checkpoint} does not exist. Pass an existing checkpoint (a run's model_dir, "
+                "a ckpt-*.weights.h5 file, an exported SavedModel, a .keras file or a reference checkpoint), "
+                "or leave --checkpoint unset to start from scratch.")
         self.strategy = distribute.build_strategy(cfg.distribute)
         # After the strategy (auto looks for its TPU), before the model (layers read the policy).
         self.precision = precision.apply_precision(cfg.train.precision)
@@ -94,26 +99,25 @@ class RunContext:
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
         info = self.source.info
-        self.num_train_examples = info.num_examples[cfg.data.train_split]
-        self.total_steps = optimizers.total_train_steps(
-            self.num_train_examples, cfg.train.train_batch_size, cfg.train.train_epochs,
-            cfg.train.train_steps)
-        self.probe = cfg.train.lineareval_while_pretraining and info.num_classes > 0
-        if cfg.train.lineareval_while_pretraining and not self.probe:
+        pretraining = cfg.train.train_mode == "pretrain"
+        self.probe = pretraining and cfg.train.lineareval_while_pretraining and info.num_classes > 0
+        if pretraining and cfg.train.lineareval_while_pretraining and not self.probe:
             logging.warning("%s has no labels: the online linear probe is off and there is no accuracy "
                             "to report; pretraining runs as usual.", cfg.data.dataset)
-        if cfg.train.mode != "train" and not self.probe:
+        if pretraining and cfg.train.mode != "train" and not self.probe:
             raise config_lib.ConfigError(
                 f"--mode={cfg.train.mode} reports the linear probe's accuracy, but "
                 + ("--lineareval_while_pretraining is off" if info.num_classes else
                    f"{cfg.data.dataset} has no labels")
                 + ". Use --mode=train, or labelled data with --lineareval_while_pretraining.")
+        self.task = tasks.task_for(cfg, self.source, probe=self.probe)
+        self.task.prepare(cfg.train.model_dir)
+        self.num_train_examples = self.task.num_train_examples
+        self.total_steps = optimizers.total_train_steps(
+            self.num_train_examples, cfg.train.train_batch_size, cfg.train.train_epochs,
+            cfg.train.train_steps)
         with self.strategy.scope():
-            self.model = build_simclr_model(
-                cfg.model, cfg.data.image_size, num_classes=info.num_classes if self.probe else 0,
-                temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
-                weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer,
-                seed=cfg.train.seed)
+            self.model = self._build_model()
             schedule = optimizers.WarmUpAndCosineDecay(
                 cfg.optim.learning_rate, self.num_train_examples, cfg.train.train_batch_size,
                 warmup_epochs=cfg.optim.warmup_epochs, train_epochs=cfg.train.train_epochs,
@@ -124,6 +128,19 @@ class RunContext:
                 weight_decay=cfg.optim.weight_decay)
             self.model.compile(optimizer=precision.wrap_optimizer(optimizer, self.precision),
                                jit_compile=cfg.train.jit_compile)
+
+    def _build_model(self):
+        """The task's model; when model_dir already has checkpoints of a fine-tuning or distillation run,
+        the model they belong to (from model_config.json), without reloading --checkpoint."""
+        cfg = self.cfg
+        config_file = os.path.join(cfg.train.model_dir, pretrained.MODEL_CONFIG_FILE)
+        resuming = checkpoints.latest_checkpoint(cfg.train.model_dir) and os.path.isfile(config_file)
+        if resuming and cfg.train.train_mode != "pretrain":
+            model, _ = pretrained.model_from_config_file(config_file)
+            return model
+        model = self.task.build_model()
+        model(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3]), training=False)
+        return model
 
     @property
     def global_step(self):
@@ -137,40 +154,64 @@ def _write_json(path, payload):
     os.replace(partial, path)
 
 
-def pretrain(ctx: RunContext):
-    """Trains to `total_steps`, resuming from the newest checkpoint in model_dir (or --checkpoint)."""
+def _start_pretraining_from(model, path):
+    """--checkpoint for pretraining: our checkpoint resumes weights and optimizer state; any other format
+    (a .keras file, an export, a reference checkpoint) gives the encoder and projection head weights."""
+    if path.endswith(".weights.h5"):
+        checkpoints.restore(model, path)
+        return
+    source = pretrained.load_trained_model(path)
+    for part in ("encoder", "projection_head"):
+        mine, theirs = getattr(model, part), getattr(source, part)
+        shapes = [tuple(w.shape) for w in mine.weights], [tuple(w.shape) for w in theirs.weights]
+        if shapes[0] != shapes[1]:
+            raise config_lib.ConfigError(
+                f"The {part} of --checkpoint={path} does not match this run's architecture; set the "
+                "model flags (--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, "
+                "--num_proj_layers, --proj_out_dim) to those of the checkpoint.")
+        mine.set_weights(theirs.get_weights())
+    logging.info("Initialized the encoder and projection head from %s.", path)
+
+
+def train(ctx: RunContext):
+    """Trains to `total_steps`, resuming from the newest checkpoint in model_dir; exports at the end."""
     cfg = ctx.cfg
     model_dir = cfg.train.model_dir
     latest = checkpoints.latest_checkpoint(model_dir)
     with ctx.strategy.scope():
         if latest:
             checkpoints.restore(ctx.model, latest[1])
-        elif cfg.train.checkpoint:
-            checkpoints.restore(ctx.model, cfg.train.checkpoint)
+        elif cfg.train.checkpoint and cfg.train.train_mode == "pretrain":
+            _start_pretraining_from(ctx.model, cfg.train.checkpoint)
+    pretrained.write_model_config(ctx.model, model_dir, cfg.data.image_size)
     interval = config_lib.steps_per_checkpoint(cfg.train, ctx.num_train_examples)
     start = ctx.global_step
     if start >= ctx.total_steps:
         logging.info("Already trained %d of %d steps; nothing to do.", start, ctx.total_steps)
-        return
-    logging.info("Pretraining steps %d..%d, checkpoint every %d steps.", start, ctx.total_steps, interval)
-    dataset = pipelines.distributed(
-        ctx.strategy, pipelines.build_pretrain_dataset, cfg.train.train_batch_size,
-        source=ctx.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed)
-    sample_views = pipelines.sample_views(ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)
-    callbacks = [
-        StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
-        checkpoints.StopAtStep(ctx.total_steps),
-        checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
-        keras.callbacks.TensorBoard(log_dir=model_dir,
-                                    update_freq=cfg.train.train_summary_steps or "epoch"),
-        AugmentedViewsSummary(model_dir, sample_views),
-    ]
-    ctx.model.fit(dataset, epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
-                  steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose)
+    else:
+        what = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "distill": "Distilling"}
+        logging.info("%s steps %d..%d, checkpoint every %d steps.", what[cfg.train.train_mode], start,
+                     ctx.total_steps, interval)
+        callbacks = [
+            StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
+            checkpoints.StopAtStep(ctx.total_steps),
+            checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
+            keras.callbacks.TensorBoard(log_dir=model_dir,
+                                        update_freq=cfg.train.train_summary_steps or "epoch"),
+        ]
+        if cfg.train.train_mode == "pretrain":
+            callbacks.append(AugmentedViewsSummary(model_dir, pipelines.sample_views(
+                ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)))
+        ctx.model.fit(ctx.task.train_dataset(ctx.strategy), epochs=math.ceil(ctx.total_steps / interval),
+                      initial_epoch=start // interval, steps_per_epoch=interval, callbacks=callbacks,
+                      verbose=cfg.train.verbose)
+    return export_lib.export_run(ctx.task.model_to_export(ctx.model), model_dir, ctx.global_step,
+                                 cfg.data.image_size, cfg.train.keep_hub_module_max)
 
 
 def evaluate(ctx: RunContext, checkpoint=None):
-    """Evaluates the online linear probe on eval_split; writes and returns result.json's content."""
+    """Evaluates on eval_split (the online probe when pretraining, the classifier otherwise); writes and
+    returns result.json's content."""
     cfg = ctx.cfg
     if checkpoint is None:
         latest = checkpoints.latest_checkpoint(cfg.train.model_dir)
@@ -190,7 +231,7 @@ def evaluate(ctx: RunContext, checkpoint=None):
     result = {name: float(value) for name, value in metrics.items()}
     result.update(global_step=ctx.global_step, checkpoint=checkpoint, eval_split=cfg.data.eval_split,
                   num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
-    if cfg.train.random_encoder_baseline:
+    if cfg.train.random_encoder_baseline and cfg.train.train_mode == "pretrain":
         result.update(_offline_probes(ctx))
     name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
     _write_json(os.path.join(cfg.train.model_dir, name), result)
@@ -238,7 +279,8 @@ def _offline_probes(ctx: RunContext):
 
 
 def convert(cfg: config_lib.Config):
-    """Converts a reference checkpoint (--checkpoint) into `model.keras` and `encoder.keras` in model_dir."""
+    """Converts a reference checkpoint (--checkpoint) into `model.keras`, `encoder.keras` and a SavedModel
+    export (`saved_model/0`) in model_dir."""
     from simclr_tf import reference_checkpoints
 
     try:
@@ -249,24 +291,50 @@ def convert(cfg: config_lib.Config):
     model_dir = cfg.train.model_dir
     model.save(os.path.join(model_dir, "model.keras"))
     model.encoder.save(os.path.join(model_dir, "encoder.keras"))
+    export_dir = export_lib.export_run(model, model_dir, 0, cfg.data.image_size, cfg.train.keep_hub_module_max)
     result = {"converted_from": cfg.train.checkpoint, "layout": report.layout,
               "architecture": report.architecture, "assigned_weights": report.assigned,
               "ignored_variables": report.ignored,
-              "outputs": [os.path.join(model_dir, name) for name in ("model.keras", "encoder.keras")]}
+              "outputs": [os.path.join(model_dir, name) for name in ("model.keras", "encoder.keras")]
+              + [export_dir]}
     _write_json(os.path.join(model_dir, "conversion.json"), result)
     return result
 
 
+def export(cfg: config_lib.Config):
+    """--mode=export: a SavedModel of the newest checkpoint in model_dir, or else of --checkpoint."""
+    model_dir = cfg.train.model_dir
+    latest = checkpoints.latest_checkpoint(model_dir)
+    config_file = os.path.join(model_dir, pretrained.MODEL_CONFIG_FILE)
+    if latest and os.path.isfile(config_file):
+        model, image_size = pretrained.model_from_config_file(config_file)
+        model.load_weights(latest[1])
+        step, source = latest
+    elif cfg.train.checkpoint:
+        model, image_size, step = pretrained.load_trained_model(cfg.train.checkpoint), cfg.data.image_size, 0
+        source = cfg.train.checkpoint
+    else:
+        raise FileNotFoundError(
+            f"Nothing to export: {model_dir} has no checkpoint with its {pretrained.MODEL_CONFIG_FILE}, and "
+            "--checkpoint is not set. Point --model_dir at a training run, or pass --checkpoint=PATH.")
+    model = getattr(model, "student", model)
+    path = export_lib.export_run(model, model_dir, step, image_size, cfg.train.keep_hub_module_max)
+    logging.info("Exported %s to %s", source, path)
+    return {"exported_from": source, "export_dir": path, "global_step": step}
+
+
 def run(cfg: config_lib.Config):
-    """Runs `cfg.train.mode`; returns the evaluation result when there is one."""
+    """Runs `cfg.train.mode`; returns the evaluation, export or conversion result when there is one."""
     config_lib.validate(cfg)
     os.makedirs(cfg.train.model_dir, exist_ok=True)
     _write_json(os.path.join(cfg.train.model_dir, "config.json"), json.loads(cfg.to_json()))
     if cfg.train.mode == "convert":
         return convert(cfg)
+    if cfg.train.mode == "export":
+        return export(cfg)
     ctx = RunContext(cfg)
     if cfg.train.mode in ("train", "train_then_eval"):
-        pretrain(ctx)
+        train(ctx)
     if cfg.train.mode == "eval":
         return watch_and_evaluate(ctx)
     if cfg.train.mode == "train_then_eval":

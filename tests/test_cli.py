@@ -106,16 +106,109 @@ def test_image_folder_with_a_corrupt_file(tmp_path):
     assert "Linear probe on test: top-1" in proc.stdout
 
 
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A tiny pretraining run (4 steps): the starting point of fine-tuning."""
+    model_dir = str(tmp_path_factory.mktemp("pretrain"))
+    run_cli("--mode=train", "--train_steps=4", f"--model_dir={model_dir}", *TINY)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def finetuned_run(pretrained_run, tmp_path_factory):
+    """Fine-tuning of `pretrained_run` on 10% of the labels, 4 steps; returns (model_dir, stdout)."""
+    model_dir = str(tmp_path_factory.mktemp("finetune"))
+    proc = run_cli("--mode=train_then_eval", "--train_mode=finetune", f"--checkpoint={pretrained_run}",
+                   "--label_fraction=0.1", "--ft_proj_selector=1", "--fine_tune_after_block=2",
+                   "--zero_init_logits_layer", "--optimizer=momentum", "--train_steps=4",
+                   f"--model_dir={model_dir}", *TINY)
+    return model_dir, proc
+
+
+@pytest.mark.slow
+def test_finetune_on_a_label_fraction_evaluates_exports_and_resumes(finetuned_run):
+    model_dir, proc = finetuned_run
+    assert "Classifier on test: top-1" in proc.stdout
+    assert checkpoint_steps(model_dir) == [2, 4]
+    subset = json.load(open(os.path.join(model_dir, "label_subset.json")))
+    assert len(subset["ids"]) == 1000  # 10% of the 10,000 built-in training images, 100 per class
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["global_step"] == 4 and 0.0 <= result["top_1_accuracy"] <= 1.0
+    export_dir = os.path.join(model_dir, "saved_model", "4")
+    for name in ("saved_model.pb", "encoder.keras", "model.keras"):
+        assert os.path.exists(os.path.join(export_dir, name)), name
+
+    # Restarted with more steps, the run resumes from its own checkpoint (not from --checkpoint).
+    proc = run_cli("--mode=train", "--train_mode=finetune", "--checkpoint=/nonexistent-is-not-read",
+                   "--label_fraction=0.1", "--ft_proj_selector=1", "--fine_tune_after_block=2",
+                   "--optimizer=momentum", "--train_steps=6", f"--model_dir={model_dir}", *TINY,
+                   check=False)
+    assert "/nonexistent-is-not-read does not exist" in proc.stderr  # a wrong path is still refused
+    proc = run_cli("--mode=train", "--train_mode=finetune", "--label_fraction=0.1", "--ft_proj_selector=1",
+                   "--fine_tune_after_block=2", "--optimizer=momentum", "--train_steps=6",
+                   f"--model_dir={model_dir}", *TINY)
+    assert "Fine-tuning steps 4..6" in proc.stderr
+    assert checkpoint_steps(model_dir) == [2, 4, 6]
+    assert sorted(os.listdir(os.path.join(model_dir, "saved_model"))) == ["6"]  # keep_hub_module_max=1
+
+
+@pytest.mark.slow
+def test_distill_from_the_finetuned_run_then_export_on_demand(finetuned_run, tmp_path):
+    teacher_dir, _ = finetuned_run
+    model_dir = str(tmp_path / "distill")
+    proc = run_cli("--mode=train_then_eval", "--train_mode=distill", f"--teacher_checkpoint={teacher_dir}",
+                   "--ft_proj_selector=1", "--train_steps=4", f"--model_dir={model_dir}", *TINY)
+    assert "Classifier on test: top-1" in proc.stdout
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert 0.0 <= result["teacher_agreement"] <= 1.0
+    assert os.path.isdir(os.path.join(model_dir, "saved_model", "4"))
+
+    # --mode=export of another run's newest checkpoint.
+    export_dir = str(tmp_path / "export")
+    proc = run_cli("--mode=export", f"--checkpoint={teacher_dir}", f"--model_dir={export_dir}", *TINY)
+    assert "Exported" in proc.stdout
+    import tensorflow as tf
+    loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model", "0"))
+    outputs = loaded.signatures["serving_default"](tf.zeros([2, 16, 16, 3]))
+    assert outputs["logits_sup"].shape == (2, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train_mode=distill"], "--teacher_checkpoint"),
+    (["--train_mode=finetune", "--label_fraction=0.1", "--labels_per_class=5"], "set only one"),
+    (["--label_fraction=0.1"], "applies to --train_mode=finetune"),
+    (["--variable_schema=head"], "--variable_schema"),
+])
+def test_invalid_semi_supervised_settings_fail_before_training(tmp_path, args, message):
+    proc = run_cli("--mode=train", "--train_steps=2", f"--model_dir={tmp_path}", *TINY, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
 FLAG_FILES = sorted(os.listdir(os.path.join(REPO, "flags")))
+
+
+def flag_file_train_mode(flag_file):
+    with open(os.path.join(REPO, "flags", flag_file)) as f:
+        modes = [line.strip().split("=", 1)[1] for line in f if line.startswith("--train_mode=")]
+    return modes[0] if modes else "pretrain"
+
+
+def flag_file_image_size(flag_file):
+    with open(os.path.join(REPO, "flags", flag_file)) as f:
+        sizes = [int(line.strip().split("=", 1)[1]) for line in f if line.startswith("--image_size=")]
+    return sizes[0] if sizes else 224
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flag_file", FLAG_FILES)
-def test_every_flag_file_runs_a_step(tmp_path, flag_file):
+def test_every_flag_file_runs_a_step(tmp_path, flag_file, pretrained_run, finetuned_run):
     """Each flag file, with its data and sizes made tiny, trains a step and evaluates."""
+    starts = {"pretrain": [], "finetune": [f"--checkpoint={pretrained_run}"],
+              "distill": [f"--teacher_checkpoint={finetuned_run[0]}"]}[flag_file_train_mode(flag_file)]
     proc = run_cli("--mode=train_then_eval", f"--flagfile=flags/{flag_file}",
                    "--dataset=builtin_shapes", "--eval_split=test", "--width_multiplier=0.0625",
+                   f"--image_size={min(64, flag_file_image_size(flag_file))}",
                    "--train_batch_size=8", "--train_steps=1", "--eval_batch_size=8", "--eval_steps=1",
-                   "--norandom_encoder_baseline", "--verbose=0", f"--model_dir={tmp_path}")
-    assert "Linear probe on test: top-1" in proc.stdout
+                   "--norandom_encoder_baseline", "--verbose=0", f"--model_dir={tmp_path}", *starts)
+    assert "on test: top-1" in proc.stdout
     assert checkpoint_steps(str(tmp_path)) == [1]

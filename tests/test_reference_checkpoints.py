@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -204,7 +205,8 @@ def test_run_py_converts_a_reference_checkpoint_into_keras_files(tmp_path):
     data = golden("r18_cifar")
     prefix = write_checkpoint(str(tmp_path / "ckpt-7"), reference_tensors(data))
     out = tmp_path / "converted"
-    proc = run_cli("--mode=convert", f"--checkpoint={prefix}", f"--model_dir={out}")
+    proc = run_cli("--mode=convert", f"--checkpoint={prefix}", f"--model_dir={out}",
+                   f"--image_size={data['config']['image_size']}")
     assert "Converted" in proc.stdout and "tf2_checkpoint" in proc.stdout
     model = keras.saving.load_model(str(out / "model.keras"))
     assert_matches_golden(model(golden_input(data), training=False), data["outputs"])
@@ -212,9 +214,63 @@ def test_run_py_converts_a_reference_checkpoint_into_keras_files(tmp_path):
     np.testing.assert_allclose(encoder(golden_input(data), training=False),
                                model(golden_input(data), training=False)["final_avg_pool"], atol=1e-5)
     assert json.load(open(out / "conversion.json"))["architecture"]["depth"] == 18
+    serving = tf.saved_model.load(str(out / "saved_model" / "0")).signatures["serving_default"]
+    assert_matches_golden(serving(tf.constant(golden_input(data))), data["outputs"])
 
 
 def test_convert_without_checkpoint_is_refused():
     from tests.test_cli import run_cli
     proc = run_cli("--mode=convert", "--model_dir=/tmp/unused_convert", check=False)
     assert proc.returncode != 0 and "--checkpoint=PATH" in proc.stderr
+
+
+# The released SimCLR v2 models (depth, width, selective kernels) and SimCLR v1 ResNet-50 1x/2x/4x.
+RELEASED_V2 = [(depth, width, sk) for depth in (50, 101, 152) for width in (1, 2) for sk in (False, True)]
+RELEASED_V2.append((152, 3, True))
+RELEASED_V1 = [(50, width, False) for width in (1, 2, 4)]
+
+
+def _zeros(self, shape, dtype=None):
+    return keras.ops.zeros(shape, dtype=dtype)
+
+
+def names_and_shapes_of_release(depth, width, sk, with_projection_head):
+    """{TF2 key: shape}, {TF1 key: shape} of a released model's layout, from our model's reference names.
+
+    The weights are zeros (initializers patched): only names and shapes matter, and the largest model has
+    795M parameters.
+    """
+    from unittest import mock
+
+    from simclr_tf.models.heads import ProjectionHead
+    from simclr_tf.models.resnet import ResNet
+    from simclr_tf.models.simclr import SimCLRModel
+    from simclr_tf.reference_names import VALUE_SUFFIX, reference_tf1_weight_names, reference_weight_names
+    with mock.patch.object(keras.initializers.VarianceScaling, "__call__", _zeros), \
+            mock.patch.object(keras.initializers.RandomNormal, "__call__", _zeros):
+        encoder = ResNet(depth, width, sk_ratio=0.0625 if sk else 0.0, global_bn=False)
+        head = ProjectionHead(num_layers=3, out_dim=128, global_bn=False)
+        model = SimCLRModel(encoder, head, num_classes=1000)
+        encoder.build((None, 224, 224, 3))
+        head.build((None, encoder.feature_dim))
+        model.supervised_head.build((None, encoder.feature_dim))
+    keep = (lambda key: True) if with_projection_head else (
+        lambda key: "projection_head" not in key and "head_contrastive" not in key)
+    tf2 = {key + VALUE_SUFFIX: list(v.shape) for key, v, _ in reference_weight_names(model) if keep(key)}
+    tf1 = {key: list(v.shape) for key, v, _ in reference_tf1_weight_names(model) if keep(key)}
+    return tf2, tf1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth, width, sk, version", [(*c, "v2") for c in RELEASED_V2]
+                         + [(*c, "v1") for c in RELEASED_V1])
+def test_every_released_layout_is_recognized(depth, width, sk, version):
+    with_head = version == "v2"
+    for shapes in names_and_shapes_of_release(depth, width, sk, with_head):
+        arch = detect_architecture(shapes)
+        assert (arch["depth"], arch["width_multiplier"], arch["sk_ratio"] > 0, arch["num_classes"],
+                arch["cifar_stem"]) == (depth, width, sk, 1000, False)
+        if with_head:
+            assert (arch["num_proj_layers"], arch["proj_out_dim"]) == (3, 128)
+        else:
+            assert arch["num_proj_layers"] == 0 or arch["proj_head_mode"] == "none", arch

@@ -5,27 +5,33 @@ fixture writes, as `tfds` would after `download_and_prepare()`.
 """
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_tf.data import builtin, folders, sources
+from simclr_tf.data import builtin, folders, sources, subsets
 
 SPLIT_SIZES = {"train": 20, "test": 10}
+# The real sizes of the SimCLR 1% ImageNet subset (12,811 lines in the reference's imagenet_subsets/
+# 1percent.txt) and of the ImageNet validation set.
+IMAGENET_1PCT_SIZES = {"train": 12811, "validation": 50000}
 MOCK_EXAMPLES = 6
 
 
 @pytest.fixture(scope="module")
 def tfds_data_dir(tmp_path_factory):
-    """A TFDS data_dir holding metadata (no records) for cifar10 and mnist, with SPLIT_SIZES."""
+    """A TFDS data_dir holding metadata (no records): cifar10 and mnist with SPLIT_SIZES, and
+    imagenet2012_subset/1pct with IMAGENET_1PCT_SIZES."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    for name in ("cifar10", "mnist"):
+    for name, sizes in (("cifar10", SPLIT_SIZES), ("mnist", SPLIT_SIZES),
+                        ("imagenet2012_subset/1pct", IMAGENET_1PCT_SIZES)):
         builder = tfds.builder(name, data_dir=data_dir)
-        template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=name,
+        template = tfds.core.ShardedFileTemplate(data_dir=builder.data_dir, dataset_name=builder.name,
                                                  filetype_suffix="tfrecord")
         builder.info.set_splits(tfds.core.SplitDict([
             tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0, filename_template=template)
-            for split, size in SPLIT_SIZES.items()]))
+            for split, size in sizes.items()]))
         os.makedirs(builder.data_dir, exist_ok=True)
         builder.info.write_to_directory(builder.data_dir)
     return data_dir
@@ -106,3 +112,97 @@ def test_get_source_checks_splits_and_policies():
     with pytest.raises(ValueError, match="corrupt_images='ignore'"):
         sources.get_source("builtin_shapes", corrupt_images="ignore")
     assert sources.get_source("builtin_shapes", eval_split=None).info.name == "builtin_shapes"
+
+
+def ids_and_labels_read(ds):
+    """(ids, labels) of a dataset's examples in order, string ids decoded."""
+    ids, labels = [], []
+    for example in ds:
+        example_id = example["id"].numpy()
+        ids.append(example_id.decode() if isinstance(example_id, bytes) else int(example_id))
+        labels.append(int(example["label"]))
+    return ids, labels
+
+
+def check_listing_matches_the_data(source, split):
+    """labels_and_ids(split) lists the examples dataset(split) yields, in the same order."""
+    ids, labels = source.labels_and_ids(split)
+    assert labels.dtype == np.int64 and ids.dtype.kind in "iU"
+    assert (ids.tolist(), labels.tolist()) == ids_and_labels_read(source.dataset(split))
+    return ids, labels
+
+
+def check_subset_dataset(source, split, ids, labels):
+    """subset_dataset yields exactly the chosen examples, with their labels."""
+    chosen = subsets.choose_labelled_subset(ids, labels, per_class=1, seed=0)
+    got_ids, got_labels = ids_and_labels_read(source.subset_dataset(split, chosen.ids))
+    assert sorted(got_ids) == list(chosen.ids)
+    label_of = dict(zip(ids.tolist(), labels.tolist()))
+    assert got_labels == [label_of[i] for i in got_ids]
+
+
+def test_builtin_labels_and_ids_without_drawing_images():
+    source = builtin.BuiltinShapesSource({"train": 30, "test": 10})
+    ids, labels = source.labels_and_ids("train")
+    assert source._arrays == {}  # listing did not render the images
+    np.testing.assert_array_equal(ids, np.arange(30))
+    check_listing_matches_the_data(source, "train")
+    check_subset_dataset(source, "train", ids, labels)
+
+
+def test_folder_labels_and_ids_come_from_the_listing(tmp_path):
+    for index, name in enumerate(["cat/a.png", "cat/b.png", "dog/c.png", "dog/x/d.png", "emu/e.png"]):
+        path = os.path.join(tmp_path, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tf.io.write_file(path, tf.io.encode_png(tf.fill([4, 3, 3], tf.constant(40 * index, tf.uint8))))
+    (tmp_path / "emu" / "broken.png").write_bytes(b"not a png")
+    source = folders.ImageFolderSource(str(tmp_path), corrupt_images="fail", holdout_fraction=0.0)
+    ids, labels = source.labels_and_ids("train")
+    assert ids.tolist() == ["cat/a.png", "cat/b.png", "dog/c.png", "dog/x/d.png", "emu/broken.png",
+                            "emu/e.png"]
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]  # no file was decoded, the broken one is listed
+    keep = ids != "emu/broken.png"
+    # subset_dataset never opens files outside the subset, so the broken file does not stop it.
+    check_subset_dataset(source, "train", ids[keep], labels[keep])
+    got, _ = ids_and_labels_read(source.subset_dataset("train", ["dog/x/d.png", "cat/a.png"]))
+    assert sorted(got) == ["cat/a.png", "dog/x/d.png"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="broken.png"):
+        list(source.dataset("train"))
+
+
+def test_tfds_labels_and_ids_match_the_data(mock_tfds):
+    source = sources.get_source("cifar10", data_dir=mock_tfds)
+    ids, labels = check_listing_matches_the_data(source, "train")
+    assert len(ids) == MOCK_EXAMPLES and ids.dtype.kind == "U"
+    check_subset_dataset(source, "train", ids, labels)
+
+
+def test_tfds_imagenet_1pct_subset_by_name(mock_tfds):
+    source = sources.get_source("imagenet2012_subset/1pct", data_dir=mock_tfds, eval_split="validation")
+    assert isinstance(source, sources.TfdsSource)
+    assert source.info.num_examples == IMAGENET_1PCT_SIZES
+    assert source.num_examples("train") == 12811 and source.num_examples("validation") == 50000
+    assert source.info.num_classes == 1000 and source.class_names[0] == "n01440764"
+    ids, labels = check_listing_matches_the_data(source, "train")
+    assert len(ids) == MOCK_EXAMPLES  # mock records, ids from the dataset's file_name feature
+    check_subset_dataset(source, "train", ids, labels)
+    example = next(iter(source.subset_dataset("train", ids[:1])))
+    assert example["image"].dtype == tf.uint8 and example["image"].shape[-1] == 3
+
+
+class StringIdSource(sources.ImageSource):
+    """A source that only implements dataset(), to exercise the base class's listing and subset."""
+
+    info = sources.SourceInfo(name="strings", num_classes=2, num_examples={"train": 5}, image_shape=(2, 2, 3))
+
+    def dataset(self, split, shuffle_files=False, seed=None):
+        return tf.data.Dataset.from_tensor_slices({
+            "image": np.zeros([5, 2, 2, 3], np.uint8), "label": np.array([0, 1, -1, 1, 0], np.int64),
+            "id": np.array(["e", "d", "c", "b", "a"])})
+
+
+def test_base_source_lists_and_filters_through_its_dataset():
+    source = StringIdSource()
+    ids, labels = check_listing_matches_the_data(source, "train")
+    assert ids.tolist() == ["e", "d", "c", "b", "a"] and labels.tolist() == [0, 1, -1, 1, 0]
+    check_subset_dataset(source, "train", ids, labels)

@@ -190,10 +190,15 @@ def _render(rng, labels):
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
+def builtin_shapes_labels(num_examples: int, seed: int):
+    """The labels int64 [N] of `generate_builtin_shapes(num_examples, seed)`, without drawing images."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(np.arange(num_examples) % len(class_names)).astype(np.int64)
+
+
 def generate_builtin_shapes(num_examples: int, seed: int):
     """(images uint8 [N, 32, 32, 3], labels int64 [N]): a class-balanced sample, the same for a seed."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(num_examples) % len(class_names)).astype(np.int64)
+    labels = builtin_shapes_labels(num_examples, seed)
     images = np.empty((num_examples, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     for start in range(0, num_examples, _CHUNK):
         chunk_rng = np.random.default_rng([seed, start])
@@ -221,10 +226,34 @@ class BuiltinShapesSource(ImageSource):
             self._arrays[split] = generate_builtin_shapes(self.info.num_examples[split], SPLIT_SEEDS[split])
         return self._arrays[split]
 
+    def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids, labels)`: the id is the image's index in the split; no image is drawn."""
+        self.check_split(split)
+        num_examples = self.info.num_examples[split]
+        if split in self._arrays:
+            labels = self._arrays[split][1]
+        else:
+            labels = builtin_shapes_labels(num_examples, SPLIT_SEEDS[split])
+        return np.arange(num_examples, dtype=np.int64), labels
+
     def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
         images, labels = self.arrays(split)
-        ds = tf.data.Dataset.from_tensor_slices(
-            {"image": images, "label": labels, "id": np.arange(len(labels), dtype=np.int64)})
+        return self._slices(images, labels, np.arange(len(labels), dtype=np.int64), shuffle_files, seed)
+
+    def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
+                       seed: int | None = None) -> tf.data.Dataset:
+        """The examples whose index is in `example_ids`, taken from the arrays by index."""
+        images, labels = self.arrays(split)
+        ids = np.unique(np.asarray(example_ids, np.int64))
+        if ids.size and (ids[0] < 0 or ids[-1] >= len(labels)):
+            raise ConfigError(f"Example ids {ids[0]}..{ids[-1]} are not all indices of the {len(labels)} "
+                              f"images of builtin_shapes {split!r}; the label subset was chosen for another "
+                              "size. Delete label_subset.json from --model_dir (or use a new one).")
+        return self._slices(images[ids], labels[ids], ids, shuffle_files, seed)
+
+    @staticmethod
+    def _slices(images, labels, ids, shuffle_files, seed):
+        ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "id": ids})
         if shuffle_files:
-            ds = ds.shuffle(len(labels), seed=seed)
+            ds = ds.shuffle(max(len(labels), 1), seed=seed)
         return ds

@@ -157,11 +157,41 @@ class ImageFolderSource(ImageSource):
         if not files:
             raise ConfigError(f"Split {split!r} of {self.root} has no images; raise holdout_fraction or add "
                              "images.")
+        return self._read(files, shuffle_files, seed)
+
+    def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
+                       seed: int | None = None) -> tf.data.Dataset:
+        """Examples whose id (relative path) is in `example_ids`; other files are never opened."""
+        self.check_split(split)
+        wanted = {str(i.decode("utf-8") if isinstance(i, bytes) else i) for i in example_ids}
+        files = [(path, name) for path, name in self._files[split] if path in wanted]
+        if not files:
+            raise ConfigError(f"None of the {len(wanted)} requested ids is an image of split {split!r} of "
+                             f"{self.root}; the label subset was chosen from other files. Delete "
+                             "label_subset.json from --model_dir (or use a new one) to choose again.")
+        return self._read(files, shuffle_files, seed)
+
+    def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids, labels)` from the file listing, in sorted path order, without opening any file.
+
+        Like `info.num_examples`, this lists corrupt files too, which `dataset` leaves out with
+        corrupt_images="skip".
+        """
+        self.check_split(split)
+        files = self._files[split]
+        ids = np.array([path for path, _ in files], dtype=str)
+        return ids, self._labels(files)
+
+    def _labels(self, files):
         index = {name: label for label, name in enumerate(self.class_names)}
+        return np.array([index.get(name, UNLABELED) for _, name in files], np.int64)
+
+    def _read(self, files, shuffle_files, seed):
+        """Decoded examples of `files` ([(relative path, class name or None)]), corrupt ones handled."""
         ids = [path for path, _ in files]
         ds = tf.data.Dataset.from_tensor_slices({
             "path": np.array([os.path.join(self.root, *path.split("/")) for path in ids]),
-            "label": np.array([index.get(name, UNLABELED) for _, name in files], np.int64),
+            "label": self._labels(files),
             "id": np.array(ids),
         })
         if shuffle_files:

@@ -1,4 +1,4 @@
-"""Input pipelines: two-view pretraining batches and center-cropped evaluation batches.
+"""Input pipelines: two-view pretraining batches, fine-tuning batches and center-cropped evaluation batches.
 
 Each builder returns a `tf.data.Dataset` for one input pipeline; `distributed(...)` turns a builder into
 per-replica datasets with `strategy.distribute_datasets_from_function`, so every replica receives
@@ -12,8 +12,8 @@ import random
 
 import tensorflow as tf
 
-from simclr_tf.config import DataConfig
-from simclr_tf.data import augment
+from simclr_tf.config import ConfigError, DataConfig
+from simclr_tf.data import augment, subsets
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -43,6 +43,11 @@ def pretrain_augmenter(data: DataConfig, seed=None) -> augment.PretrainAugment:
         use_blur=data.blur, seed=seed)
 
 
+def finetune_augmenter(data: DataConfig) -> augment.FineTuneAugment:
+    # Random resized crop and flip, for CIFAR-sized images too, as the paper fine-tunes.
+    return augment.FineTuneAugment(height=data.image_size, width=data.image_size)
+
+
 def eval_preprocessor(data: DataConfig) -> augment.CenterCropResize:
     # As in the paper, CIFAR-sized images are evaluated whole, larger ones center-cropped to 87.5%.
     return augment.CenterCropResize(data.image_size, data.image_size, crop=not data.cifar_stem)
@@ -65,6 +70,52 @@ def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_co
         ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(make_views, num_parallel_calls=AUTOTUNE)
     else:
         ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(make_views, num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _finetune_examples(source, split, seed, example_ids, keep_unlabelled):
+    """One epoch of the examples fine-tuning reads, in shuffled file order (see build_finetune_dataset)."""
+    if example_ids is None:
+        ds = source.dataset(split, shuffle_files=True, seed=seed)
+    elif keep_unlabelled:
+        ds = subsets.unlabel_outside(source.dataset(split, shuffle_files=True, seed=seed), example_ids)
+    else:
+        if len(example_ids) == 0:
+            raise ConfigError("The labelled subset is empty; raise --label_fraction or --labels_per_class.")
+        ds = source.subset_dataset(split, example_ids, shuffle_files=True, seed=seed)
+    if not keep_unlabelled:
+        ds = ds.filter(lambda example: example["label"] != subsets.UNLABELED)
+    return ds
+
+
+def build_finetune_dataset(source, split, data: DataConfig, batch_size, input_context=None, seed=None,
+                           example_ids=None, keep_unlabelled=False):
+    """Endless, shuffled `(images, labels)` batches for fine-tuning: random resized crop and flip.
+
+    Images are float32 [batch_size, S, S, 3] in [0, 1] with S = `data.image_size`; labels int64. With
+    `example_ids` (a labelled subset's ids) only those examples are read, dropped before decoding where
+    the source allows. Unlabelled examples (label -1) are left out, unless `keep_unlabelled` (distillation
+    trains on every image): then every image is kept, and with `example_ids` the ones outside the subset
+    get label -1. The data repeats before batching, so a subset smaller than a batch still fills batches.
+    """
+    if not keep_unlabelled and source.info.num_classes == 0:
+        raise ConfigError(f"Dataset {source.info.name!r} has no labels, so it cannot be fine-tuned on; use a "
+                          "labelled dataset (for an image folder: class subfolders), or distill instead.")
+    ds = _shard(_finetune_examples(source, split, seed, example_ids, keep_unlabelled), input_context)
+    if data.cache_dataset:
+        ds = ds.cache()
+    ds = ds.shuffle(data.shuffle_buffer, seed=seed).repeat()
+    augmenter = finetune_augmenter(data)
+
+    def augment_images(example, image_seed):
+        return augmenter(_to_float(example["image"]), seed=image_seed), example["label"]
+
+    if source.info.image_shape is not None:
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(augment_images, num_parallel_calls=AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.zip((ds, _seed_stream(seed))).map(augment_images, num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(AUTOTUNE)
 

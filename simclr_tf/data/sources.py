@@ -7,20 +7,24 @@ The input pipelines shuffle, augment and batch them; `get_source` picks the sour
     source = get_source("cifar10", train_split="train", eval_split="test")
     source.info.num_classes          # 10
     source.dataset("train", shuffle_files=True, seed=0)
+    ids, labels = source.labels_and_ids("train")        # without decoding images, for label subsets
+    source.subset_dataset("train", ids[:100])           # only those examples, dropped before decoding
 """
 import dataclasses
 import difflib
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr_tf import config as config_lib
 from simclr_tf.config import ConfigError
+from simclr_tf.data import subsets
 
 BUILTIN_DATASETS = ("builtin_shapes",)
 CORRUPT_IMAGE_POLICIES = config_lib.CORRUPT_IMAGE_POLICIES
-UNLABELED = -1
+UNLABELED = subsets.UNLABELED  # -1, the label of an unlabeled example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,24 @@ class ImageSource:
         """Unbatched examples {"image", "label", "id"} of one epoch of `split`."""
         raise NotImplementedError
 
+    def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
+                       seed: int | None = None) -> tf.data.Dataset:
+        """Like `dataset`, with only the examples whose id is in `example_ids`.
+
+        This default filters `dataset(split)`; sources that can drop examples before decoding them
+        override it.
+        """
+        return subsets.filter_to_ids(self.dataset(split, shuffle_files=shuffle_files, seed=seed), example_ids)
+
+    def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids, labels)` of every example of `split` in a fixed order: ids int64 or str, labels int64.
+
+        This default reads `dataset(split)`, decoding every image; the sources override it with a listing
+        that does not decode images.
+        """
+        ds = self.dataset(split).map(lambda example: (example["id"], example["label"]))
+        return _concatenate_batches(ds)
+
     def num_examples(self, split: str) -> int:
         """Number of examples in `split`; raises ValueError naming the available splits."""
         self.check_split(split)
@@ -52,6 +74,18 @@ class ImageSource:
             raise ConfigError(
                 f"Dataset {self.info.name!r} has no split {split!r}. Available splits: "
                 f"{sorted(self.info.num_examples)}; pass one of them as --train_split/--eval_split.")
+
+
+def _concatenate_batches(id_label_dataset, batch_size=8192):
+    """`(ids, labels)` numpy arrays from a dataset of `(id, label)` scalars; string ids become str."""
+    ids, labels = [np.zeros([0], np.int64)], [np.zeros([0], np.int64)]
+    for id_batch, label_batch in id_label_dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
+        ids.append(id_batch)
+        labels.append(label_batch.astype(np.int64))
+    if id_label_dataset.element_spec[0].dtype == tf.string:
+        ids = [np.array([i.decode("utf-8") for i in batch.tolist()], dtype=str) for batch in ids[1:]]
+        ids = ids or [np.zeros([0], str)]
+    return np.concatenate(ids), np.concatenate(labels)
 
 
 def _to_rgb(image):
@@ -107,14 +141,40 @@ class TfdsSource(ImageSource):
         self.num_examples(split)
 
     def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        self.check_split(split)
-        read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed)
-        ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+        ds = self._records(split, shuffle_files, seed)
         return ds.map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
 
+    def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
+                       seed: int | None = None) -> tf.data.Dataset:
+        """Examples whose id is in `example_ids`; the others are dropped before their image is decoded."""
+        ds = self._records(split, shuffle_files, seed, decode_images=False)
+        ds = subsets.filter_to_ids(ds, example_ids, id_key=self._id_key)
+        image_feature = self.builder.info.features["image"]
+        ds = ds.map(lambda example: {**example, "image": image_feature.decode_example(example["image"])},
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids, labels)` in record order, read without decoding the images."""
+        ds = self._records(split, shuffle_files=False, seed=None, decode_images=False)
+        ds = ds.map(lambda example: (example[self._id_key], self._label(example)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return _concatenate_batches(ds)
+
+    def _records(self, split, shuffle_files, seed, decode_images=True):
+        """The TFDS examples of `split`; with `decode_images=False` the images stay encoded bytes."""
+        self.check_split(split)
+        read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed)
+        decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
+        return self.builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                                       decoders=decoders)
+
+    def _label(self, example):
+        return tf.cast(example["label"], tf.int64) if self._has_label else tf.constant(UNLABELED, tf.int64)
+
     def _standardize(self, example):
-        label = tf.cast(example["label"], tf.int64) if self._has_label else tf.constant(UNLABELED, tf.int64)
-        return {"image": _to_rgb(example["image"]), "label": label, "id": example[self._id_key]}
+        return {"image": _to_rgb(example["image"]), "label": self._label(example),
+                "id": example[self._id_key]}
 
 
 def _builder_name(name: str) -> str:

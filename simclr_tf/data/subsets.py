@@ -1,0 +1,240 @@
+"""Labelled subsets for semi-supervised fine-tuning and distillation (--label_fraction, --labels_per_class).
+
+The paper fine-tunes on 1% or 10% of the ImageNet labels. `choose_labelled_subset` draws such a subset from
+any labelled split: class-balanced, seeded, and independent of the order in which the examples were listed:
+
+    ids, labels = source.labels_and_ids("train")
+    subset = choose_labelled_subset(ids, labels, fraction=0.1, seed=0)
+    dataset = pipelines.build_finetune_dataset(source, "train", data, 64, example_ids=subset.ids)
+
+A run keeps its subset in `model_dir/label_subset.json` (`subset_for_run` writes it on the first start and
+reads it on every restart), so a resumed run trains on the same examples and anyone can see which they were.
+
+Selection rule. Classes are the labels present in the split (unlabelled examples, label -1, are never chosen).
+With `per_class=k`, every class gets exactly k examples; a class with fewer than k labelled examples is an
+error (a silently unbalanced subset would change the experiment). With `fraction=f`, a class with n labelled
+examples gets f * n rounded half up, at least 1. Within a class the ids are sorted, then k of them are drawn
+without replacement by `numpy.random.default_rng([seed, class])`, so each class's draw depends only on the
+seed, the class and its set of ids.
+"""
+import dataclasses
+import json
+import math
+import os
+import uuid
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf.config import ConfigError, DataConfig
+
+SUBSET_FILE = "label_subset.json"
+UNLABELED = -1  # the label of an unlabeled example; `sources.UNLABELED` is this constant
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSubset:
+    """A chosen labelled subset: its sorted ids and how they were drawn."""
+    ids: tuple  # sorted; ints or strings, as the source's ids
+    counts_per_class: dict  # class index -> number of chosen examples
+    seed: int
+    fraction: float | None = None  # set when chosen by fraction ...
+    per_class: int | None = None  # ... or by a number of examples per class
+    dataset: str = ""  # what the ids refer to, recorded for the resume check
+    split: str = ""
+
+    @property
+    def settings(self) -> dict:
+        """What must match for a restarted run to reuse this subset."""
+        return {"dataset": self.dataset, "split": self.split, "fraction": self.fraction,
+                "per_class": self.per_class, "seed": self.seed}
+
+
+def _as_id_array(ids) -> np.ndarray:
+    """Ids as an int64 array, or a unicode string array (bytes are decoded as UTF-8)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu" or (ids.size == 0 and ids.dtype.kind == "f"):  # np.asarray([]) is float
+        return ids.astype(np.int64)
+    if ids.dtype.kind == "S" or ids.dtype == object:
+        return np.array([i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in ids.tolist()],
+                        dtype=str)
+    if ids.dtype.kind == "U":
+        return ids
+    raise ConfigError(f"Example ids must be integers or strings, got dtype {ids.dtype}.")
+
+
+def _count_to_draw(num_available, fraction, per_class, label):
+    if per_class is not None:
+        if num_available < per_class:
+            raise ConfigError(
+                f"Class {label} has only {num_available} labelled example(s), fewer than "
+                f"--labels_per_class={per_class}. Lower --labels_per_class to at most {num_available}, or "
+                "use --label_fraction for a proportional subset.")
+        return per_class
+    return min(num_available, max(1, math.floor(fraction * num_available + 0.5)))
+
+
+def choose_labelled_subset(ids, labels, fraction: float | None = None, per_class: int | None = None,
+                           seed: int = 0, dataset: str = "", split: str = "") -> LabelSubset:
+    """Draws a class-balanced subset of the labelled examples; see the module docstring for the rule.
+
+    `ids` and `labels` are parallel sequences (as `ImageSource.labels_and_ids` returns them); exactly one
+    of `fraction` (in (0, 1]) and `per_class` (positive) chooses the size. `dataset` and `split` are only
+    recorded. The same ids, labels and seed give the same subset in any input order.
+    """
+    if (fraction is None) == (per_class is None):
+        raise ConfigError("Choose a labelled subset by exactly one of fraction (--label_fraction) or "
+                          "per_class (--labels_per_class).")
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--label_fraction={fraction} must be in (0, 1].")
+    if per_class is not None and per_class <= 0:
+        raise ConfigError(f"--labels_per_class={per_class} must be positive.")
+    ids, labels = _as_id_array(ids), np.asarray(labels, np.int64)
+    if ids.shape != labels.shape or ids.ndim != 1:
+        raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be parallel 1-D sequences.")
+    if len(np.unique(ids)) != len(ids):
+        raise ConfigError(f"The ids of dataset {dataset!r} split {split!r} are not unique, so a subset of "
+                          "them cannot name its examples; use a dataset whose examples have unique ids.")
+    order = np.argsort(ids, kind="stable")
+    ids, labels = ids[order], labels[order]
+    labelled = labels != UNLABELED
+    if not labelled.any():
+        raise ConfigError(f"Dataset {dataset!r} split {split!r} has no labelled examples to choose from; "
+                          "fine-tuning needs labels (use a labelled dataset or class subfolders).")
+    chosen, counts = [], {}
+    for label in np.unique(labels[labelled]):
+        class_ids = ids[labels == label]  # sorted, as ids are
+        count = _count_to_draw(len(class_ids), fraction, per_class, int(label))
+        rng = np.random.default_rng([seed, int(label)])
+        chosen.append(class_ids[rng.choice(len(class_ids), size=count, replace=False)])
+        counts[int(label)] = count
+    chosen_ids = np.sort(np.concatenate(chosen))
+    return LabelSubset(ids=tuple(chosen_ids.tolist()), counts_per_class=counts, seed=seed,
+                       fraction=fraction, per_class=per_class, dataset=dataset, split=split)
+
+
+def _describe(subset: LabelSubset) -> str:
+    if subset.per_class is not None:
+        rule = f"{subset.per_class} labelled examples per class"
+    else:
+        rule = f"per class round_half_up({subset.fraction} * labelled examples of the class), at least 1"
+    return (f"{rule}, drawn without replacement from the class's sorted ids by "
+            f"numpy.random.default_rng([{subset.seed}, class]); unlabelled examples are never chosen.")
+
+
+def write_subset(subset: LabelSubset, model_dir: str) -> str:
+    """Writes `model_dir/label_subset.json` atomically (temporary file, then rename); returns its path."""
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, SUBSET_FILE)
+    contents = {
+        "format_version": _FORMAT_VERSION,
+        "dataset": subset.dataset, "split": subset.split,
+        "label_fraction": subset.fraction, "labels_per_class": subset.per_class, "seed": int(subset.seed),
+        "how_chosen": _describe(subset),
+        "num_examples": len(subset.ids),
+        "counts_per_class": {str(label): int(count)
+                             for label, count in sorted(subset.counts_per_class.items())},
+        "ids": _as_id_array(subset.ids).tolist(),  # JSON ints or strings
+    }
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"  # unique, so workers writing at once do not clash
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        json.dump(contents, f, indent=1)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+    return path
+
+
+def read_subset(path: str) -> LabelSubset:
+    """The subset a `write_subset` file holds; ConfigError naming the file if it cannot be read."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            contents = json.load(f)
+        return LabelSubset(
+            ids=tuple(contents["ids"]),
+            counts_per_class={int(label): count for label, count in contents["counts_per_class"].items()},
+            seed=contents["seed"], fraction=contents["label_fraction"],
+            per_class=contents["labels_per_class"], dataset=contents["dataset"], split=contents["split"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path} is not a readable label subset ({error!r}). Delete it to draw the subset "
+                          "again, or use a new --model_dir.") from None
+
+
+def subset_settings(data: DataConfig, dataset: str, split: str) -> dict | None:
+    """The `LabelSubset.settings` the flags ask for, or None when they ask for every label."""
+    if data.labels_per_class:
+        fraction, per_class = None, data.labels_per_class
+    elif data.label_fraction < 1.0:
+        fraction, per_class = data.label_fraction, None
+    else:
+        return None
+    return {"dataset": dataset, "split": split, "fraction": fraction, "per_class": per_class,
+            "seed": data.seed if data.seed is not None else 0}
+
+
+def subset_for_run(source, split: str, data: DataConfig, model_dir: str | None) -> LabelSubset | None:
+    """The run's labelled subset, or None for every label; reused from `model_dir` on a restart.
+
+    The subset is seeded with `data.seed` (0 when unset). If `model_dir/label_subset.json` exists it must
+    come from the same dataset, split, fraction or count per class, and seed: then it is read back without
+    listing the dataset again; otherwise ConfigError names the file. A new subset is written there.
+    """
+    wanted = subset_settings(data, source.info.name, split)
+    path = os.path.join(model_dir, SUBSET_FILE) if model_dir else None
+    if path and tf.io.gfile.exists(path):
+        subset = read_subset(path)
+        if subset.settings != wanted:
+            asked = wanted or "every label (--label_fraction=1, --labels_per_class=0)"
+            raise ConfigError(
+                f"{path} holds the labelled subset of an earlier run with settings {subset.settings}, but "
+                f"this run asks for {asked}. A run keeps its subset when restarted: use the earlier flags, "
+                "or a new --model_dir (or delete the file) to train on a different subset.")
+        return subset
+    if wanted is None:
+        return None
+    ids, labels = source.labels_and_ids(split)
+    subset = choose_labelled_subset(ids, labels, fraction=wanted["fraction"], per_class=wanted["per_class"],
+                                    seed=wanted["seed"], dataset=wanted["dataset"], split=split)
+    if path:
+        write_subset(subset, model_dir)
+    return subset
+
+
+def id_membership(ids, id_dtype: tf.DType):
+    """A function mapping an id tensor (int or string, of dtype `id_dtype`) to whether it is in `ids`.
+
+    Backed by a `tf.lookup.StaticHashTable`, usable inside `tf.data` functions.
+    """
+    ids = _as_id_array(ids)
+    if id_dtype == tf.string:
+        keys = tf.constant(ids.astype(str), tf.string)
+    elif id_dtype.is_integer:
+        if ids.size and ids.dtype.kind != "i":
+            raise ConfigError(f"The dataset's ids are integers but the subset's ids are strings "
+                              f"({ids[0]!r}, ...): the subset was chosen from another dataset. Use its "
+                              "dataset or choose a new subset.")
+        keys = tf.constant(ids, tf.int64)
+    else:
+        raise ConfigError(f"Example ids must be integers or strings, not {id_dtype.name}.")
+    if not ids.size:  # a lookup table cannot be empty
+        return lambda example_id: tf.zeros_like(example_id, tf.bool)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), default_value=0)
+    return lambda example_id: table.lookup(tf.cast(example_id, keys.dtype)) > 0
+
+
+def filter_to_ids(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
+    """Only the examples (dicts) of `dataset` whose `id_key` is one of `ids` (ints or strings)."""
+    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
+    return dataset.filter(lambda example: is_member(example[id_key]))
+
+
+def unlabel_outside(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
+    """Every example of `dataset`, with label -1 unless its id is one of `ids` (for distillation)."""
+    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
+
+    def unlabel(example):
+        label = tf.where(is_member(example[id_key]), example["label"],
+                         tf.constant(UNLABELED, example["label"].dtype))
+        return {**example, "label": label}
+
+    return dataset.map(unlabel, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,275 @@
+"""SavedModel export of a trained simclr_tf model, for serving, reuse and fine-tuning outside simclr_tf.
+
+An export directory holds a TF2 SavedModel and, beside its files, `model.keras` (the whole Keras model, so
+simclr_tf can rebuild it exactly), `encoder.keras` (the encoder alone) and `simclr_tf_export.json`. The
+SavedModel maps a float32 image batch [B, image_size, image_size, 3] with values in [0, 1] to a dict of
+float32 tensors (`named_outputs`) and can be used four ways:
+
+    serving = tf.saved_model.load(path).signatures["serving_default"]    # inference, TF Serving
+    outputs = load_exported(path)(images, training=False)                  # a plain TF callable
+    features = keras_layer(path, trainable=True)(images)["final_avg_pool"]  # Keras 3, fine-tunable
+    layer = tensorflow_hub.KerasLayer(path, trainable=True)                # tf-keras, fine-tunable
+
+The last follows TF Hub's "Reusable SavedModel" convention: a `__call__(images, training)` traced for both
+modes and `variables`, `trainable_variables` and `regularization_losses` attributes. With `training=True`
+the batch norms use batch statistics and update their moving averages. The exported variables are copies
+of the model's, and those frozen in Keras (`layer.trainable = False`) are saved as non-trainable, so no
+loader fine-tunes them. `regularization_losses` is empty: simclr_tf applies weight decay in its training
+step, not as layer losses, so a fine-tuner adds its own.
+
+A run exports to `model_dir/saved_model/<step>/` (`export_run`), keeping the newest `keep_hub_module_max`.
+"""
+import contextlib
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from simclr_tf.config import ConfigError
+from simclr_tf.models.resnet import ENDPOINT_NAMES
+
+EXPORTS_DIR = "saved_model"
+METADATA_FILE = "simclr_tf_export.json"
+MODEL_FILE = "model.keras"
+ENCODER_FILE = "encoder.keras"
+SERVING_SIGNATURE = "serving_default"
+CALL_ENDPOINT = "serve"  # inference mode; TFSMLayer's default call_endpoint
+CALL_TRAINING_ENDPOINT = "call_training"  # training mode: batch statistics, moving averages updated
+OUTPUT_NAMES = ENDPOINT_NAMES + ("proj_head_input", "proj_head_output", "logits_sup")
+_PARTIAL_PREFIX = ".partial-"
+_REPLACED_PREFIX = ".replaced-"
+
+
+def named_outputs(model, images, training=False):
+    """The named float32 outputs of `model` on `images`, from one forward pass of the encoder.
+
+    `model` has `encoder` (a `ResNet`), `projection_head` (returning `(projection, supervised_input)`) and
+    `supervised_head` (or None). Keys: the encoder endpoints its stem produces (`initial_conv`,
+    `initial_max_pool` without the CIFAR stem, `block_group1`..`block_group4`, `final_avg_pool`),
+    `proj_head_input` (the features fed to the projection head), `proj_head_output`, and `logits_sup`
+    (the supervised head on the projection head's supervised input) when there is a supervised head.
+    """
+    outputs = dict(model.encoder.call_with_endpoints(images, training=training))
+    features = outputs["final_avg_pool"]
+    projection, supervised_input = model.projection_head(features, training=training)
+    outputs["proj_head_input"] = features
+    outputs["proj_head_output"] = projection
+    if model.supervised_head is not None:
+        outputs["logits_sup"] = model.supervised_head(supervised_input, training=training)
+    # Under a mixed precision policy the layers compute in 16 bits; the outputs are float32 regardless.
+    return {name: tf.cast(outputs[name], tf.float32) for name in OUTPUT_NAMES if name in outputs}
+
+
+def _exported_parts(model):
+    parts = [model.encoder, model.projection_head]
+    if model.supervised_head is not None:
+        parts.append(model.supervised_head)
+    unbuilt = [part.name for part in parts if not part.built]
+    if unbuilt:
+        raise ConfigError(f"Cannot export: {unbuilt} are not built yet. Call the model on a batch of "
+                          "images first (e.g. model(tf.zeros([1, size, size, 3]))), then export.")
+    return parts
+
+
+def _state_variables(model):
+    """(the Keras variables `named_outputs` uses, each once; ids of those Keras trains)."""
+    variables, trainable_ids, seen = [], set(), set()
+    for part in _exported_parts(model):
+        trainable_ids.update(id(v) for v in part.trainable_variables)
+        for variable in part.variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables, trainable_ids
+
+
+@contextlib.contextmanager
+def _local_batch_norm(model):
+    """Traces synchronized (global) batch norms as local ones while exporting.
+
+    The export runs on one device, where the cross-replica sum is the identity; traced, it would only
+    add ops whose custom gradients a SavedModel cannot keep (each load then warns about them).
+    """
+    synchronized = [layer for part in _exported_parts(model) for layer in part._flatten_layers()
+                    if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+    for layer in synchronized:
+        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in synchronized:
+            layer.synchronized = True
+
+
+def _exported_name(model, variable):
+    """`variable.path` without the model's own (often automatic) name: `resnet18/stem/.../kernel`."""
+    return variable.path.removeprefix(f"{model.name}/")
+
+
+def _reusable_saved_model(model, image_size):
+    """The object to save: the traced forward pass over copies of the model's variables.
+
+    Copies, because Keras freezes a layer by flagging its Keras variables while the TF variables under
+    them stay trainable, and the SavedModel (and so TFSMLayer) keeps the TF flag. The forward pass runs
+    the Keras model in a `keras.StatelessScope` that reads the copies and collects what the batch norms
+    write; those new moving averages are then assigned to the copies.
+    """
+    keras_variables, trainable_ids = _state_variables(model)
+    copies = [tf.Variable(v.numpy(), trainable=id(v) in trainable_ids, name=_exported_name(model, v))
+              for v in keras_variables]
+
+    def forward(images, training):
+        with keras.StatelessScope(state_mapping=list(zip(keras_variables, copies))) as scope:
+            before = [scope.get_current_value(v) for v in keras_variables]
+            outputs = named_outputs(model, images, training=training)
+        for variable, copy, old_value in zip(keras_variables, copies, before):
+            new_value = scope.get_current_value(variable)
+            if new_value is not old_value:
+                copy.assign(tf.cast(new_value, copy.dtype))
+        return outputs
+
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+
+    @tf.function(autograph=False)
+    def call(images, training=False):
+        return forward(images, training=bool(training))
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def serve(images):
+        return call(images, training=False)
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def call_training(images):
+        return call(images, training=True)
+
+    for training in (False, True):
+        call.get_concrete_function(spec, training=training)
+    serve.get_concrete_function()
+    call_training.get_concrete_function()
+    exported = tf.__internal__.tracking.AutoTrackable()
+    exported.__call__ = call
+    setattr(exported, CALL_ENDPOINT, serve)
+    setattr(exported, CALL_TRAINING_ENDPOINT, call_training)
+    exported.variables = list(copies)
+    exported.trainable_variables = [c for c in copies if c.trainable]
+    exported.non_trainable_variables = [c for c in copies if not c.trainable]
+    exported.regularization_losses = []
+    return exported
+
+
+def export_saved_model(model, export_dir, image_size):
+    """Writes the SavedModel, `model.keras`, `encoder.keras` and `simclr_tf_export.json` to `export_dir`.
+
+    Returns the names of the exported outputs.
+    """
+    if int(image_size) < 1:
+        raise ConfigError(f"image_size must be a positive number of pixels, got {image_size!r}.")
+    image_size = int(image_size)
+    with _local_batch_norm(model):
+        exported = _reusable_saved_model(model, image_size)
+        serving = getattr(exported, CALL_ENDPOINT).get_concrete_function()
+        tf.saved_model.save(exported, export_dir, signatures={SERVING_SIGNATURE: serving})
+    output_names = [name for name in OUTPUT_NAMES if name in serving.structured_outputs]
+    model.save(os.path.join(export_dir, MODEL_FILE))
+    model.encoder.save(os.path.join(export_dir, ENCODER_FILE))
+    metadata = {
+        "image_size": image_size,
+        "output_names": output_names,
+        "model_class": type(model).__name__,
+        "serving_signature": SERVING_SIGNATURE,
+        "call_endpoint": CALL_ENDPOINT,
+        "call_training_endpoint": CALL_TRAINING_ENDPOINT,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }
+    with open(os.path.join(export_dir, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=1)
+    return output_names
+
+
+def list_exports(model_dir):
+    """`[(step, path), ...]` of the complete exports in `model_dir/saved_model/`, oldest first."""
+    root = os.path.join(model_dir, EXPORTS_DIR)
+    if not os.path.isdir(root):
+        return []
+    return sorted((int(name), os.path.join(root, name)) for name in os.listdir(root)
+                  if name.isdigit() and os.path.isfile(os.path.join(root, name, METADATA_FILE)))
+
+
+def latest_export(model_dir):
+    """Path of the newest export of the run in `model_dir`, or None."""
+    exports = list_exports(model_dir)
+    return exports[-1][1] if exports else None
+
+
+def export_run(model, model_dir, step, image_size, keep_max):
+    """Exports to `model_dir/saved_model/<step>/` atomically, keeps the newest `keep_max`; returns the path.
+
+    The export is written to a hidden sibling directory and renamed when complete, so a kill mid-way never
+    leaves a partial export under a step's name. Exporting a step again replaces its export.
+    """
+    if keep_max < 1:
+        raise ConfigError(f"keep_max (--keep_hub_module_max) must be at least 1, got {keep_max}; set it to "
+                          "the number of SavedModel exports to keep.")
+    step = int(step)
+    root = os.path.join(model_dir, EXPORTS_DIR)
+    final = os.path.join(root, str(step))
+    partial = os.path.join(root, f"{_PARTIAL_PREFIX}{step}")
+    replaced = os.path.join(root, f"{_REPLACED_PREFIX}{step}")
+    os.makedirs(root, exist_ok=True)
+    for leftover in (partial, replaced):  # from a run killed while exporting this step
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        export_saved_model(model, partial, image_size)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.exists(final):
+        os.replace(final, replaced)
+    os.replace(partial, final)
+    shutil.rmtree(replaced, ignore_errors=True)
+    for _, old in list_exports(model_dir)[:-keep_max]:
+        shutil.rmtree(old)
+    return final
+
+
+def _check_export_dir(path):
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"No SavedModel export at {path}. Pass a directory written by simclr_tf.export "
+            f"(model_dir/{EXPORTS_DIR}/<step>); `latest_export(model_dir)` finds a run's newest.")
+    if not os.path.isfile(os.path.join(path, METADATA_FILE)):
+        newest = latest_export(os.path.dirname(path.rstrip(os.sep))) or latest_export(path)
+        hint = f" The newest export there is {newest}." if newest else ""
+        raise ConfigError(
+            f"{path} is not a simclr_tf export (it has no {METADATA_FILE}). Pass an export directory "
+            f"(model_dir/{EXPORTS_DIR}/<step>), or export the model with export_run/export_saved_model."
+            + hint)
+    return path
+
+
+def load_exported(path):
+    """The `tf.saved_model.load` object of the export at `path`: `obj(images, training=False)` -> dict."""
+    return tf.saved_model.load(_check_export_dir(path))
+
+
+def keras_layer(path, trainable=True, name=None):
+    """A Keras 3 `TFSMLayer` on the export at `path`, returning the dict of named outputs.
+
+    Trainable: `fit` fine-tunes its weights (those not frozen at export) and, called with
+    `training=True`, its batch norms use batch statistics and update their moving averages. Not
+    trainable: it always runs in inference mode, as a frozen Keras layer does. It computes in float32
+    whatever the global dtype policy is.
+
+    Example:
+        inputs = keras.Input([32, 32, 3])
+        features = keras_layer(path)(inputs)["final_avg_pool"]
+        classifier = keras.Model(inputs, keras.layers.Dense(10)(features))
+    """
+    return keras.layers.TFSMLayer(
+        _check_export_dir(path), call_endpoint=CALL_ENDPOINT,
+        call_training_endpoint=CALL_TRAINING_ENDPOINT if trainable else None,
+        trainable=trainable, name=name, dtype="float32")

@@ -1,0 +1,181 @@
+"""A classifier on a SimCLR encoder: fine-tuning (SimCLR v2 step 2) and the linear evaluation protocol.
+
+The model holds only what it uses: the encoder, the first `ft_proj_selector` layers of the pretrained
+projection head (SimCLR v2 fine-tunes from the first one), and a linear classifier. Blocks up to
+`fine_tune_after_block` are frozen: their weights get no gradient, and their batch norms run in inference
+mode (the moving statistics stay as pretrained). With `fine_tune_after_block=4` the encoder is frozen
+entirely: the linear evaluation protocol.
+"""
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf import optimizers
+from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.resnet import ResNet  # noqa: F401 (used in the docstring example)
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def classification_metrics(num_classes):
+    """The evaluation metrics every classifier reports (top-5 needs at least 5 classes to mean much)."""
+    return {
+        "supervised_loss": keras.metrics.Mean(name="supervised_loss"),
+        "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
+        "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
+                                                                       name="top_5_accuracy"),
+    }
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class SimCLRClassifier(keras.Model):
+    """Encoder, kept projection layers and a linear classifier, trained with cross-entropy.
+
+    Args:
+      encoder: a `ResNet` (built).
+      projection_head: the projection layers kept under the classifier (`ProjectionHead.truncated(k)`);
+        the classifier reads its output.
+      num_classes: classes of the classifier.
+      fine_tune_after_block: -1 trains everything; 0 freezes the stem; 1..4 also freeze block groups 1..k
+        (4: only the kept projection layers and the classifier train).
+      zero_init_logits_layer: start the classifier at zero (logits are 0 at step 0).
+      weight_decay, optimizer_name: the L2 term added to the loss as in pretraining (the paper fine-tunes
+        without weight decay).
+
+    `call` returns a float32 dict of `final_avg_pool`, `proj_head_output` and `logits_sup`.
+
+    Example:
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> encoder = ResNet(depth=18, width_multiplier=0.125, cifar_stem=True)
+      >>> head = ProjectionHead(num_layers=2, out_dim=8).truncated(1)
+      >>> classifier = SimCLRClassifier(encoder, head, num_classes=10, fine_tune_after_block=4,
+      ...                               zero_init_logits_layer=True)
+      >>> logits = classifier(tf.zeros([2, 16, 16, 3]))["logits_sup"]
+      >>> logits.shape, float(tf.reduce_max(tf.abs(logits)))
+      (TensorShape([2, 10]), 0.0)
+      >>> [v.path for v in classifier.trainable_variables if "head_supervised" not in v.path][:1]
+      ['projection_head/nl_0/dense/kernel']
+    """
+
+    def __init__(self, encoder, projection_head, num_classes, fine_tune_after_block=-1,
+                 zero_init_logits_layer=False, weight_decay=0.0, optimizer_name="lars", **kwargs):
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"A classifier needs num_classes >= 1, got {num_classes}.")
+        self.encoder = encoder
+        self.projection_head = projection_head
+        self.num_classes = num_classes
+        self.fine_tune_after_block = fine_tune_after_block
+        self.zero_init_logits_layer = zero_init_logits_layer
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer_name
+        self.supervised_head = SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
+        for layer in encoder.layers_up_to_block(fine_tune_after_block):
+            layer.trainable = False
+        self._trackers = {name: keras.metrics.Mean(name=name)
+                          for name in ("loss", "supervised_loss", "supervised_acc", "weight_decay")}
+        self._eval_metrics = classification_metrics(num_classes)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._eval_metrics.values())
+
+    def call(self, images, training=False):
+        features = self.encoder(images, training=training)
+        hidden, _ = self.projection_head(features, training=training)
+        logits = self.supervised_head(hidden, training=training)
+        outputs = {"final_avg_pool": features, "proj_head_output": hidden, "logits_sup": logits}
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            logits = self(images, training=True)["logits_sup"]
+            sup_loss = losses.supervised_loss(labels, logits)
+            decay = optimizers.l2_weight_decay_loss(
+                self.trainable_variables, self.weight_decay, self.optimizer_name)
+            loss = sup_loss + decay
+            # Keras sums gradients over replicas: divide to get the gradient of the global mean.
+            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
+        for name, value in (("loss", loss), ("supervised_loss", sup_loss), ("supervised_acc", accuracy),
+                            ("weight_decay", decay)):
+            self._trackers[name].update_state(value)
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs["learning_rate"] = self.optimizer.learning_rate
+        return logs
+
+    def test_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        logits = self(images, training=False)["logits_sup"]
+        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
+        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
+        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        return {name: metric.result() for name, metric in self._eval_metrics.items()}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "projection_head": keras.saving.serialize_keras_object(self.projection_head),
+            "num_classes": self.num_classes,
+            "fine_tune_after_block": self.fine_tune_after_block,
+            "zero_init_logits_layer": self.zero_init_logits_layer,
+            "weight_decay": self.weight_decay,
+            "optimizer_name": self.optimizer_name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["projection_head"] = keras.saving.deserialize_keras_object(config["projection_head"])
+        return cls(**config)
+
+
+def copy_layer(layer, input_shape, **overrides):
+    """A new layer like `layer` (config changed by `overrides`) with its weights, all trainable again.
+
+    The copy computes in the current dtype policy, whatever precision the original was trained in.
+    """
+    config = {key: value for key, value in layer.get_config().items() if key != "dtype"}
+    copy = type(layer).from_config({**config, **overrides})
+    copy.build(input_shape)
+    copy.set_weights(layer.get_weights())
+    return copy
+
+
+def build_classifier(pretrained, num_classes, image_size, ft_proj_selector=0, fine_tune_after_block=-1,
+                     zero_init_logits_layer=False, weight_decay=0.0, optimizer_name="lars",
+                     **bn_overrides):
+    """A `SimCLRClassifier` on copies of the encoder and projection layers of `pretrained`.
+
+    `pretrained` is any model with `encoder` and `projection_head` (a pretraining `SimCLRModel`, a
+    loaded released checkpoint, or another classifier). `ft_proj_selector` counts projection layers
+    as the flag does: 0 classifies the encoder output, k the output of the k-th layer, -1 the last.
+    `bn_overrides` (`global_bn`, `bn_momentum`) set how batch norm runs while fine-tuning.
+    """
+    input_shape = (None, image_size, image_size, 3)
+    head = pretrained.projection_head
+    if not isinstance(head, ProjectionHead):
+        raise TypeError(f"pretrained.projection_head must be a ProjectionHead, got {type(head).__name__}.")
+    try:
+        kept = head.num_layers_kept(ft_proj_selector)
+    except ValueError as error:
+        raise ValueError(f"--ft_proj_selector={ft_proj_selector} does not fit the pretrained projection "
+                         f"head: {error}") from None
+    encoder = copy_layer(pretrained.encoder, input_shape, **bn_overrides)
+    kept_head = head.truncated(kept)
+    if kept:
+        kept_head = copy_layer(kept_head, (None, encoder.feature_dim), **bn_overrides)
+    classifier = SimCLRClassifier(
+        encoder, kept_head, num_classes,
+        fine_tune_after_block=fine_tune_after_block, zero_init_logits_layer=zero_init_logits_layer,
+        weight_decay=weight_decay, optimizer_name=optimizer_name)
+    classifier(tf.zeros([1, image_size, image_size, 3]))
+    return classifier

@@ -1,0 +1,117 @@
+"""Distillation (SimCLR v2 step 3): a student classifier learns a fine-tuned teacher's predictions.
+
+The teacher sees the same augmented images as the student, in inference mode, and is never trained.
+The loss is the cross-entropy between the teacher's and the student's temperature-scaled softmax,
+    L = (1 - a) * mean_x[ -sum_y P_T(y | x; t) log P_S(y | x; t) ] + a * CE(labels, student logits),
+with `a = label_weight` and the labelled term over the examples whose label is known (label >= 0).
+"""
+import keras
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf import optimizers
+from simclr_tf.models.classifier import classification_metrics
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def distillation_loss(teacher_logits, student_logits, temperature):
+    """Mean over the batch of the cross-entropy from the teacher's to the student's softened softmax."""
+    teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature)
+    student_log_probs = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / temperature)
+    return tf.reduce_mean(-tf.reduce_sum(teacher_probs * student_log_probs, axis=-1))
+
+
+def labelled_loss(labels, logits):
+    """Cross-entropy averaged over the examples with a label (label >= 0); 0 when there are none."""
+    known = labels >= 0
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(known, labels, tf.zeros_like(labels)), logits=tf.cast(logits, tf.float32))
+    weights = tf.cast(known, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_example * weights), tf.reduce_sum(weights))
+
+
+def _agreement(teacher_logits, student_logits):
+    return tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(teacher_logits, -1), tf.argmax(student_logits, -1)), tf.float32))
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class DistillationModel(keras.Model):
+    """Trains `student` (a `SimCLRClassifier`) on the predictions of a frozen `teacher`.
+
+    Args:
+      student: the classifier being trained; its `call` returns a dict with `logits_sup`.
+      teacher: any model whose `call` returns a dict with `logits_sup` over the same classes (a
+        fine-tuned `SimCLRClassifier`, or a `SimCLRModel` with a supervised head).
+      temperature: of both softmaxes.
+      label_weight: weight of the cross-entropy on known labels; the distillation term gets 1 - it.
+
+    `evaluate` reports the student's top-1/top-5 on labelled data and its agreement with the teacher.
+    """
+
+    def __init__(self, student, teacher, temperature=1.0, label_weight=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.teacher = teacher
+        self.teacher.trainable = False
+        self.temperature = temperature
+        self.label_weight = label_weight
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in (
+            "loss", "distill_loss", "supervised_loss", "teacher_agreement", "weight_decay")}
+        self._eval_metrics = classification_metrics(student.num_classes)
+        self._eval_metrics["teacher_agreement"] = keras.metrics.Mean(name="teacher_agreement")
+        self.built = student.built and teacher.built  # nothing of its own to build
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._eval_metrics.values())
+
+    def call(self, images, training=False):
+        return self.student(images, training=training)
+
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_logits = tf.stop_gradient(self.teacher(images, training=False)["logits_sup"])
+        with tf.GradientTape() as tape:
+            student_logits = self.student(images, training=True)["logits_sup"]
+            distill = distillation_loss(teacher_logits, student_logits, self.temperature)
+            supervised = labelled_loss(labels, student_logits)
+            decay = optimizers.l2_weight_decay_loss(
+                self.trainable_variables, self.student.weight_decay, self.student.optimizer_name)
+            loss = (1.0 - self.label_weight) * distill + self.label_weight * supervised + decay
+            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        for name, value in (("loss", loss), ("distill_loss", distill), ("supervised_loss", supervised),
+                            ("teacher_agreement", _agreement(teacher_logits, student_logits)),
+                            ("weight_decay", decay)):
+            self._trackers[name].update_state(value)
+        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
+        logs["learning_rate"] = self.optimizer.learning_rate
+        return logs
+
+    def test_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        logits = self.student(images, training=False)["logits_sup"]
+        teacher_logits = self.teacher(images, training=False)["logits_sup"]
+        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
+        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
+        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        self._eval_metrics["teacher_agreement"].update_state(_agreement(teacher_logits, logits))
+        return {name: metric.result() for name, metric in self._eval_metrics.items()}
+
+    def get_config(self):
+        return {**super().get_config(),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "temperature": self.temperature, "label_weight": self.label_weight}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        return cls(**config)

@@ -1,0 +1,123 @@
+"""Loading a trained model from any format simclr_tf reads, for fine-tuning, distillation and export.
+
+`load_trained_model(path)` accepts:
+- a `.keras` file (our `model.keras` / `encoder.keras` is not enough: the whole model is needed);
+- one of our SavedModel exports (a directory with `model.keras` beside `saved_model.pb`), or the
+  `saved_model/` directory of a run (its newest export is read);
+- one of our checkpoints, `ckpt-<step>.weights.h5`, or a run's model_dir (its newest checkpoint is read):
+  the model is rebuilt from `model_config.json`, which every training run writes beside its checkpoints;
+- a checkpoint of the reference (TF1 or TF2 checkpoint, TF-Hub module, TF2 SavedModel), by variable name
+  (`simclr_tf.reference_checkpoints`).
+
+It returns the Keras model: a `SimCLRModel` (pretraining), a `SimCLRClassifier` (fine-tuning), or the
+student of a distillation run.
+"""
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf import checkpoints
+from simclr_tf import export
+from simclr_tf.config import ConfigError
+
+MODEL_CONFIG_FILE = "model_config.json"
+KERAS_MODEL_FILE = export.MODEL_FILE
+
+
+def write_model_config(model, model_dir, image_size):
+    """Writes `model_dir/model_config.json`: what is needed to rebuild `model` for its checkpoints."""
+    payload = {"image_size": int(image_size), "model": keras.saving.serialize_keras_object(model)}
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(partial, path)
+    return path
+
+
+def model_from_config_file(path):
+    """(unbuilt-weights model, image_size) from a `model_config.json`; the model is built on zeros."""
+    with open(path) as f:
+        payload = json.load(f)
+    model = keras.saving.deserialize_keras_object(payload["model"])
+    size = payload["image_size"]
+    model(tf.zeros([1, size, size, 3]), training=False)
+    return model, size
+
+
+def _unwrap(model):
+    """The model that holds the trained encoder: a distillation run's student, else the model itself."""
+    return getattr(model, "student", model)
+
+
+def _newest_export(directory):
+    """The newest export in a run's model_dir, or in its `saved_model/` directory itself."""
+    parent = os.path.dirname(directory.rstrip(os.sep))
+    return export.latest_export(directory) or (
+        export.latest_export(parent) if os.path.basename(directory.rstrip(os.sep)) == export.EXPORTS_DIR
+        else None)
+
+
+def _load_h5_checkpoint(path):
+    config_file = os.path.join(os.path.dirname(path), MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(
+            f"{path} is a simclr_tf checkpoint but {config_file} is missing, so the model it belongs to "
+            "cannot be rebuilt. Keep the checkpoint in its run's model_dir (every run writes "
+            f"{MODEL_CONFIG_FILE} there), or pass the run's exported SavedModel or a .keras file.")
+    model, _ = model_from_config_file(config_file)
+    model.load_weights(path)
+    return model
+
+
+def load_trained_model(path):
+    """The trained Keras model stored at `path` (see the module docstring for the formats)."""
+    path = os.path.expanduser(path)
+    if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(
+            f"--checkpoint {path} does not exist. Pass a run's model_dir, a ckpt-*.weights.h5 file, an "
+            "exported SavedModel directory, a .keras file, or a reference checkpoint prefix.")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, KERAS_MODEL_FILE)):
+            return _unwrap(keras.saving.load_model(os.path.join(path, KERAS_MODEL_FILE), compile=False))
+        latest = checkpoints.latest_checkpoint(path)
+        if latest:
+            return _unwrap(_load_h5_checkpoint(latest[1]))
+        newest = _newest_export(path)
+        if newest:
+            return _unwrap(keras.saving.load_model(os.path.join(newest, KERAS_MODEL_FILE), compile=False))
+    elif path.endswith(".keras"):
+        return _unwrap(keras.saving.load_model(path, compile=False))
+    elif path.endswith(".weights.h5"):
+        return _unwrap(_load_h5_checkpoint(path))
+    return _load_reference(path)
+
+
+def _load_reference(path):
+    from simclr_tf import reference_checkpoints
+
+    try:
+        model, report = reference_checkpoints.load_reference_checkpoint(path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    logging.info("%s", report.summary())
+    return model
+
+
+def load_teacher(path, num_classes):
+    """A trained model with a supervised head of `num_classes` classes, to distill from."""
+    teacher = load_trained_model(path)
+    head = getattr(teacher, "supervised_head", None)
+    if head is None:
+        raise ConfigError(
+            f"The teacher {path} has no classifier (it is a pretraining checkpoint without a linear "
+            "probe). Distill from a fine-tuned model: run --train_mode=finetune first and pass its "
+            "model_dir or export as --teacher_checkpoint.")
+    if head.num_classes != num_classes:
+        raise ConfigError(
+            f"The teacher {path} predicts {head.num_classes} classes but the dataset has {num_classes}; "
+            "distill on the data the teacher was fine-tuned for.")
+    return teacher

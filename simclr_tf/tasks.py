@@ -1,0 +1,150 @@
+"""What differs between the train modes: the model trained, its training data and the size of an epoch.
+
+- pretrain: `SimCLRModel` on two augmented views of every image (labels only feed the online probe).
+- finetune: `SimCLRClassifier` on the encoder of `--checkpoint` (or a random one: the supervised baseline),
+  trained on crop+flip images of the labelled examples, or of a class-balanced subset of them.
+- distill: `DistillationModel` whose student learns the predictions of `--teacher_checkpoint` on every
+  image; the known labels (of the subset, if one is drawn) can be mixed in.
+
+`task_for(cfg, source)` picks the task; `train.py` does the rest the same way for all of them.
+"""
+import os
+
+from absl import logging
+
+from simclr_tf import pretrained as pretrained_lib
+from simclr_tf.config import Config, ConfigError
+from simclr_tf.data import pipelines
+from simclr_tf.data import subsets
+from simclr_tf.models.classifier import build_classifier
+from simclr_tf.models.distill import DistillationModel
+from simclr_tf.models.simclr import build_simclr_model
+
+
+class Task:
+    """Base class: holds the config and source; `model_dir` state is written by `prepare`."""
+
+    def __init__(self, cfg: Config, source):
+        self.cfg = cfg
+        self.source = source
+        self.num_train_examples = source.num_examples(cfg.data.train_split)
+
+    def prepare(self, model_dir):
+        """Called once before the model is built (e.g. to draw and record a labelled subset)."""
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def train_dataset(self, strategy):
+        raise NotImplementedError
+
+    def model_to_export(self, model):
+        return model
+
+
+class PretrainTask(Task):
+    def __init__(self, cfg, source, probe):
+        super().__init__(cfg, source)
+        self.probe = probe
+
+    def build_model(self):
+        cfg = self.cfg
+        return build_simclr_model(
+            cfg.model, cfg.data.image_size, num_classes=self.source.info.num_classes if self.probe else 0,
+            temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
+            weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer, seed=cfg.train.seed)
+
+    def train_dataset(self, strategy):
+        cfg = self.cfg
+        return pipelines.distributed(
+            strategy, pipelines.build_pretrain_dataset, cfg.train.train_batch_size,
+            source=self.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed)
+
+
+class _ClassifierTask(Task):
+    """Shared by fine-tuning and distillation: the labelled subset and the classifier on an encoder."""
+
+    keep_unlabelled = False
+
+    def __init__(self, cfg, source):
+        super().__init__(cfg, source)
+        if source.info.num_classes < 1:
+            raise ConfigError(
+                f"--train_mode={cfg.train.train_mode} trains a classifier, but {cfg.data.dataset} has no "
+                "labels. Use a labelled dataset (TFDS, or an image folder with one subfolder per class).")
+        self.subset = None
+
+    def prepare(self, model_dir):
+        self.subset = subsets.subset_for_run(self.source, self.cfg.data.train_split, self.cfg.data, model_dir)
+        if self.subset is None:
+            return
+        logging.info("Labelled subset: %d examples (ids in %s).", len(self.subset.ids),
+                     os.path.join(model_dir, subsets.SUBSET_FILE))
+        if not self.keep_unlabelled:
+            self.num_train_examples = len(self.subset.ids)
+
+    def encoder_source(self):
+        """The pretrained model to start from, or None for a randomly initialized encoder."""
+        path = self.cfg.train.checkpoint
+        if not path:
+            return None
+        model = pretrained_lib.load_trained_model(path)
+        logging.info("Starting from the encoder of %s.", path)
+        return model
+
+    def build_classifier(self):
+        cfg = self.cfg
+        start = self.encoder_source()
+        if start is None:
+            logging.warning("No --checkpoint: the %s encoder starts from random weights (a supervised "
+                            "baseline).", cfg.train.train_mode)
+            start = build_simclr_model(
+                cfg.model, cfg.data.image_size, num_classes=0, temperature=cfg.train.temperature,
+                hidden_norm=cfg.train.hidden_norm, weight_decay=0.0, optimizer_name=cfg.optim.optimizer,
+                seed=cfg.train.seed)
+        return build_classifier(
+            start, self.source.info.num_classes, cfg.data.image_size,
+            ft_proj_selector=cfg.model.ft_proj_selector,
+            fine_tune_after_block=cfg.model.fine_tune_after_block,
+            zero_init_logits_layer=cfg.model.zero_init_logits_layer,
+            weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer,
+            global_bn=cfg.model.global_bn, bn_momentum=cfg.model.batch_norm_decay)
+
+    def train_dataset(self, strategy):
+        cfg = self.cfg
+        return pipelines.distributed(
+            strategy, pipelines.build_finetune_dataset, cfg.train.train_batch_size,
+            source=self.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed,
+            example_ids=None if self.subset is None else self.subset.ids,
+            keep_unlabelled=self.keep_unlabelled)
+
+
+class FinetuneTask(_ClassifierTask):
+    def build_model(self):
+        return self.build_classifier()
+
+
+class DistillTask(_ClassifierTask):
+    keep_unlabelled = True
+
+    def build_model(self):
+        cfg = self.cfg
+        if not cfg.train.teacher_checkpoint:
+            raise ConfigError(f"{cfg.train.model_dir} has no distillation checkpoint to resume or evaluate, "
+                              "and no --teacher_checkpoint is given to start one; pass it.")
+        teacher = pretrained_lib.load_teacher(cfg.train.teacher_checkpoint, self.source.info.num_classes)
+        student = self.build_classifier()
+        model = DistillationModel(student, teacher, temperature=cfg.train.distill_temperature,
+                                  label_weight=cfg.train.distill_label_weight)
+        return model
+
+    def model_to_export(self, model):
+        return model.student
+
+
+def task_for(cfg: Config, source, probe=False) -> Task:
+    if cfg.train.train_mode == "finetune":
+        return FinetuneTask(cfg, source)
+    if cfg.train.train_mode == "distill":
+        return DistillTask(cfg, source)
+    return PretrainTask(cfg, source, probe)
