@@ -26,6 +26,7 @@ import shutil
 
 import keras
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from simclr_tf.config import ConfigError
 from simclr_tf.models.resnet import ENDPOINT_NAMES
@@ -103,6 +104,18 @@ def _local_batch_norm(model):
             layer.synchronized = True
 
 
+@contextlib.contextmanager
+def _absl_verbosity_kept():
+    """tf.saved_model.save resets absl's verbosity to the `tensorflow` logger's level (WARNING), which would
+    silence a run's INFO logs from then on; this puts it back."""
+    absl_logger = absl_logging.get_absl_logger()
+    level = absl_logger.level
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def _exported_name(model, variable):
     """`variable.path` without the model's own (often automatic) name: `resnet18/stem/.../kernel`."""
     return variable.path.removeprefix(f"{model.name}/")
@@ -167,7 +180,7 @@ def export_saved_model(model, export_dir, image_size):
     if int(image_size) < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size!r}.")
     image_size = int(image_size)
-    with _local_batch_norm(model):
+    with _local_batch_norm(model), _absl_verbosity_kept():
         exported = _reusable_saved_model(model, image_size)
         serving = getattr(exported, CALL_ENDPOINT).get_concrete_function()
         tf.saved_model.save(exported, export_dir, signatures={SERVING_SIGNATURE: serving})

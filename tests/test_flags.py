@@ -66,5 +66,8 @@ def test_flag_files_parse_and_open_with_a_comment(path):
     with open(path) as f:
         first = f.readline()
     assert first.startswith("# ")
-    cfg = simclr_flags.config_from_flags(parse([f"--flagfile={path}", "--model_dir=/tmp/m"]))
+    with open(path) as f:
+        distill = "--train_mode=distill\n" in f.read()
+    teacher = ["--teacher_checkpoint=/tmp/teacher"] if distill else []  # a distillation needs one
+    cfg = simclr_flags.config_from_flags(parse([f"--flagfile={path}", "--model_dir=/tmp/m", *teacher]))
     assert cfg.train.train_batch_size > 0
