@@ -3,6 +3,7 @@
   python run.py --mode=train_then_eval --flagfile=flags/builtin_quickstart.flags
 """
 import os
+import signal
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +16,12 @@ from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import flags as simclr_flags  # noqa: E402
 
 simclr_flags.define_flags()
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C.
+
+
+def _interrupt_on_sigterm(signum, frame):
+    """SIGTERM (a preemption notice, `kill`, a scheduler's stop) ends the run like Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv):
@@ -24,9 +31,16 @@ def main(argv):
 
     from simclr_tf import train
 
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         cfg = simclr_flags.config_from_flags(flags.FLAGS)
         result = train.run(cfg)
+    except KeyboardInterrupt:
+        message = (f"Interrupted. Run the same command again to resume from the newest checkpoint in "
+                   f"{flags.FLAGS.model_dir}.")
+        logging.warning("%s", message)
+        print(message)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except (config_lib.ConfigError, FileNotFoundError, train.NonFiniteLossError) as error:
         logging.error("%s", error)
         raise SystemExit(f"error: {error}") from None

@@ -191,6 +191,10 @@ def validate(cfg: Config) -> Config:
             f"--grad_accum_steps={train.grad_accum_steps} must be a positive divisor of "
             f"--train_batch_size={train.train_batch_size}: each step accumulates that many equal "
             "micro-batches.")
+    if train.grad_accum_steps > 1 and train.train_mode != "pretrain":
+        raise ConfigError(
+            f"--grad_accum_steps={train.grad_accum_steps} is implemented for pretraining only; remove it for "
+            f"--train_mode={train.train_mode}.")
     _positive(train.keep_hub_module_max, "keep_hub_module_max")
     if train.variable_schema is not None and train.variable_schema not in REFERENCE_VARIABLE_SCHEMAS:
         raise ConfigError(

@@ -96,10 +96,12 @@ _FLAG_HELP = [
                            "float32 otherwise (the choice is logged)."),
     ("train", "jit_compile", "Compile the training step with XLA. Off by default: it can be slower on "
                              "CPUs (a ResNet-18 step took 2.1x as long on a 2-core CPU)."),
-    ("train", "grad_accum_steps", "Split each step's batch into this many micro-batches and sum their "
-                                  "gradients before the update: the memory of a smaller batch, the "
-                                  "gradient of the full one. The contrastive negatives still come only "
-                                  "from within a micro-batch."),
+    ("train", "grad_accum_steps", "Split each replica's share of the batch into this many micro-batches, "
+                                  "run them one after the other and apply the mean of their gradients in "
+                                  "one step: the activation memory of a k times smaller batch, with steps, "
+                                  "epochs and the schedule unchanged. NT-Xent negatives and batch-norm "
+                                  "statistics come only from within a micro-batch, so it is not a bigger "
+                                  "contrastive batch. Pretraining only."),
     ("train", "keep_hub_module_max", "SavedModel exports (model_dir/saved_model/<step>) to keep."),
     ("train", "teacher_checkpoint", "Distillation: the fine-tuned teacher (a fine-tuning run's "
                                     "checkpoint, .keras file or exported SavedModel, or a released "

@@ -1,10 +1,13 @@
-"""LARS, the warmup + cosine learning-rate schedule, and choosing an optimizer by name."""
+"""LARS, the warmup + cosine learning-rate schedule, choosing an optimizer by name, and gradient
+accumulation over micro-batches."""
 import math
 import re
 
 import keras
 import tensorflow as tf
 from keras import ops
+
+from simclr_tf.config import ConfigError
 
 # Variable-path patterns the training code excludes from LARS weight decay and trust ratio.
 DEFAULT_LARS_EXCLUDE = ("batch_normalization", "bias", "head_supervised")
@@ -237,6 +240,52 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
             exclude_from_weight_decay=DEFAULT_LARS_EXCLUDE,
         )
     raise ValueError(f"Unknown optimizer {name!r}; use 'lars', 'momentum' or 'adam'.")
+
+
+def check_micro_batches(train_batch_size, num_replicas, grad_accum_steps):
+    """Raises ConfigError unless each replica's batch splits into `grad_accum_steps` equal micro-batches."""
+    per_replica = train_batch_size // num_replicas
+    if grad_accum_steps < 1 or per_replica % grad_accum_steps:
+        multiple = num_replicas * grad_accum_steps
+        raise ConfigError(
+            f"--grad_accum_steps={grad_accum_steps} must divide each replica's batch: "
+            f"--train_batch_size={train_batch_size} over {num_replicas} replica(s) is {per_replica} per "
+            f"replica. Use a --train_batch_size that is a multiple of {multiple}, or another "
+            "--grad_accum_steps.")
+
+
+def accumulated_gradients(loss_fn, batch, variables, num_micro_batches=1):
+    """The mean gradient of `loss_fn` over `num_micro_batches` equal slices of `batch`, one at a time.
+
+    `batch` is a (nested) structure of tensors split along their first axis; `loss_fn(micro_batch)`
+    returns `(loss, aux)`, `loss` being what to differentiate with respect to `variables` (already divided
+    by the number of replicas and scaled for mixed precision, as for a whole batch). Returns
+    `(gradients, [aux of each micro-batch])`. The slices run in sequence (each starts once the previous
+    one's gradients exist), so only one micro-batch's activations are alive at a time: the memory of a
+    batch `num_micro_batches` times smaller. For a loss that is a mean over examples, the mean of the
+    micro-batch gradients is the full batch's gradient; losses that couple the examples differ: NT-Xent
+    only sees the negatives inside its micro-batch, and batch norm the statistics of its micro-batch.
+    With one micro-batch this is a plain `GradientTape` step.
+    """
+    if num_micro_batches == 1:
+        micro_batches = [batch]
+    else:
+        pieces = [tf.split(x, num_micro_batches, axis=0) for x in tf.nest.flatten(batch)]
+        micro_batches = [tf.nest.pack_sequence_as(batch, [p[i] for p in pieces])
+                         for i in range(num_micro_batches)]
+    total, outputs = None, []
+    for micro_batch in micro_batches:
+        with tf.control_dependencies([g for g in total or () if g is not None]):
+            micro_batch = tf.nest.map_structure(tf.identity, micro_batch)
+        with tf.GradientTape() as tape:
+            loss, aux = loss_fn(micro_batch)
+        gradients = tape.gradient(loss, variables)
+        outputs.append(aux)
+        total = gradients if total is None else [
+            t if g is None else (g if t is None else t + g) for t, g in zip(total, gradients)]
+    if num_micro_batches > 1:
+        total = [None if g is None else g / num_micro_batches for g in total]
+    return total, outputs
 
 
 def l2_weight_decay_loss(variables, weight_decay, optimizer_name):

@@ -52,7 +52,8 @@ class PretrainTask(Task):
         return build_simclr_model(
             cfg.model, cfg.data.image_size, num_classes=self.source.info.num_classes if self.probe else 0,
             temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
-            weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer, seed=cfg.train.seed)
+            weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer, seed=cfg.train.seed,
+            grad_accum_steps=cfg.train.grad_accum_steps)
 
     def train_dataset(self, strategy):
         cfg = self.cfg

@@ -91,10 +91,13 @@ class RunContext:
                 "a ckpt-*.weights.h5 file, an exported SavedModel, a .keras file or a reference checkpoint), "
                 "or leave --checkpoint unset to start from scratch.")
         self.strategy = distribute.build_strategy(cfg.distribute)
+        self.chief = distribute.is_chief(self.strategy)  # Only the chief writes files.
         # After the strategy (auto looks for its TPU), before the model (layers read the policy).
         self.precision = precision.apply_precision(cfg.train.precision)
         logging.info("Training in %s%s.", self.precision, " with XLA" if cfg.train.jit_compile else "")
         config_lib.check_batch_divides(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync)
+        optimizers.check_micro_batches(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync,
+                                       cfg.train.grad_accum_steps)
         self.source = sources.get_source(
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
@@ -128,6 +131,7 @@ class RunContext:
                 weight_decay=cfg.optim.weight_decay)
             self.model.compile(optimizer=precision.wrap_optimizer(optimizer, self.precision),
                                jit_compile=cfg.train.jit_compile)
+        distribute.prepare_multi_worker_fit(self.model, self.strategy)
 
     def _build_model(self):
         """The task's model; when model_dir already has checkpoints of a fine-tuning or distillation run,
@@ -183,7 +187,10 @@ def train(ctx: RunContext):
             checkpoints.restore(ctx.model, latest[1])
         elif cfg.train.checkpoint and cfg.train.train_mode == "pretrain":
             _start_pretraining_from(ctx.model, cfg.train.checkpoint)
-    pretrained.write_model_config(ctx.model, model_dir, cfg.data.image_size)
+    # Workers that resumed from different steps would train out of step: stop before the first collective.
+    distribute.check_workers_agree(ctx.strategy, ctx.global_step, "the step to resume from")
+    if ctx.chief:
+        pretrained.write_model_config(ctx.model, model_dir, cfg.data.image_size)
     interval = config_lib.steps_per_checkpoint(cfg.train, ctx.num_train_examples)
     start = ctx.global_step
     if start >= ctx.total_steps:
@@ -192,19 +199,33 @@ def train(ctx: RunContext):
         what = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "distill": "Distilling"}
         logging.info("%s steps %d..%d, checkpoint every %d steps.", what[cfg.train.train_mode], start,
                      ctx.total_steps, interval)
+        if ctx.chief:  # Reported before any step is spent: unwritable model_dir, not enough space.
+            checkpoints.check_writable(model_dir, checkpoints.needed_bytes(
+                ctx.model, model_dir, cfg.train.keep_checkpoint_max))
         callbacks = [
             StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
             checkpoints.StopAtStep(ctx.total_steps),
-            checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max),
-            keras.callbacks.TensorBoard(log_dir=model_dir,
-                                        update_freq=cfg.train.train_summary_steps or "epoch"),
+            checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max, chief=ctx.chief),
         ]
-        if cfg.train.train_mode == "pretrain":
+        if ctx.chief:
+            callbacks.append(keras.callbacks.TensorBoard(
+                log_dir=model_dir, update_freq=cfg.train.train_summary_steps or "epoch"))
+        if ctx.chief and cfg.train.train_mode == "pretrain":
             callbacks.append(AugmentedViewsSummary(model_dir, pipelines.sample_views(
                 ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)))
-        ctx.model.fit(ctx.task.train_dataset(ctx.strategy), epochs=math.ceil(ctx.total_steps / interval),
-                      initial_epoch=start // interval, steps_per_epoch=interval, callbacks=callbacks,
-                      verbose=cfg.train.verbose)
+        try:
+            ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
+                          epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
+                          steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose)
+        except KeyboardInterrupt:
+            saved = checkpoints.save_on_interrupt(ctx.model, model_dir, cfg.train.keep_checkpoint_max,
+                                                  chief=ctx.chief)
+            latest = checkpoints.latest_checkpoint(model_dir)
+            logging.warning("Interrupted at step %d%s; the newest checkpoint is %s.", ctx.global_step,
+                            f", saved as {saved}" if saved else "", latest[1] if latest else "none")
+            raise
+    if not ctx.chief:
+        return None
     return export_lib.export_run(ctx.task.model_to_export(ctx.model), model_dir, ctx.global_step,
                                  cfg.data.image_size, cfg.train.keep_hub_module_max)
 
@@ -234,7 +255,8 @@ def evaluate(ctx: RunContext, checkpoint=None):
     if cfg.train.random_encoder_baseline and cfg.train.train_mode == "pretrain":
         result.update(_offline_probes(ctx))
     name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
-    _write_json(os.path.join(cfg.train.model_dir, name), result)
+    if ctx.chief:
+        _write_json(os.path.join(cfg.train.model_dir, name), result)
     logging.info("Evaluation at step %d: %s", ctx.global_step, result)
     return result
 
@@ -326,13 +348,14 @@ def export(cfg: config_lib.Config):
 def run(cfg: config_lib.Config):
     """Runs `cfg.train.mode`; returns the evaluation, export or conversion result when there is one."""
     config_lib.validate(cfg)
-    os.makedirs(cfg.train.model_dir, exist_ok=True)
-    _write_json(os.path.join(cfg.train.model_dir, "config.json"), json.loads(cfg.to_json()))
-    if cfg.train.mode == "convert":
-        return convert(cfg)
-    if cfg.train.mode == "export":
-        return export(cfg)
+    checkpoints.check_writable(cfg.train.model_dir)  # Creates it; a clear error if it cannot be written.
+    config_file = os.path.join(cfg.train.model_dir, "config.json")
+    if cfg.train.mode in ("convert", "export"):
+        _write_json(config_file, json.loads(cfg.to_json()))
+        return convert(cfg) if cfg.train.mode == "convert" else export(cfg)
     ctx = RunContext(cfg)
+    if ctx.chief:
+        _write_json(config_file, json.loads(cfg.to_json()))
     if cfg.train.mode in ("train", "train_then_eval"):
         train(ctx)
     if cfg.train.mode == "eval":

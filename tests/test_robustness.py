@@ -1,10 +1,12 @@
 """A diverging run stops at the first NaN/Inf loss with a message, exits non-zero, and keeps the last good
 checkpoint as the latest (it loads, with finite weights); a checkpoint whose optimizer state does not fit
-is refused instead of silently restarting at step 0."""
+is refused instead of silently restarting at step 0; an unwritable model_dir or a full disk is reported
+before training starts."""
 import hashlib
 import os
 
 import numpy as np
+import pytest
 
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
@@ -54,3 +56,68 @@ def test_nan_loss_stops_without_checkpointing_the_diverged_state(tmp_path):
     checkpoints.restore(model, checkpoints.latest_checkpoint(model_dir)[1])
     assert int(model.optimizer.iterations.numpy()) == 2
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+
+
+def test_writable_model_dir_is_created_and_the_probe_removed(tmp_path):
+    model_dir = tmp_path / "a" / "b"
+    checkpoints.check_writable(str(model_dir), needed_bytes=1)
+    assert model_dir.is_dir() and os.listdir(model_dir) == []
+
+
+def test_model_dir_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    model_dir = str(tmp_path / "file" / "run")
+    with pytest.raises(config_lib.ConfigError, match=f"Cannot write to --model_dir={model_dir}.*Point"):
+        checkpoints.check_writable(model_dir)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories anyway")
+def test_read_only_model_dir_is_refused(tmp_path):
+    model_dir = tmp_path / "read_only"
+    model_dir.mkdir()
+    model_dir.chmod(0o555)
+    try:
+        with pytest.raises(config_lib.ConfigError, match="Permission denied.*fix its permissions"):
+            checkpoints.check_writable(str(model_dir))
+    finally:
+        model_dir.chmod(0o755)
+
+
+def _sysfs_directory():
+    """A directory nobody, root included, can create files in (sysfs), or None."""
+    path = "/sys/kernel"
+    if not os.path.isdir(path):
+        return None
+    try:
+        open(os.path.join(path, "simclr_tf_probe"), "w").close()
+    except OSError:
+        return path
+    os.remove(os.path.join(path, "simclr_tf_probe"))
+    return None
+
+
+@pytest.mark.skipif(_sysfs_directory() is None, reason="needs Linux sysfs")
+def test_a_directory_that_refuses_new_files_is_refused_even_as_root():
+    with pytest.raises(config_lib.ConfigError, match="Cannot write to --model_dir=/sys/kernel"):
+        checkpoints.check_writable(_sysfs_directory())
+
+
+def test_too_little_free_space_is_refused_with_the_sizes(tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real._replace(free=3 * 2**20))
+    checkpoints.check_writable(str(tmp_path), needed_bytes=2 * 2**20)
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"has 3\.0 MiB free, but this run's checkpoints need about 5\.0 MiB.*"
+                             r"--keep_checkpoint_max"):
+        checkpoints.check_writable(str(tmp_path), needed_bytes=5 * 2**20)
+
+
+def test_unwritable_model_dir_fails_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    model_dir = str(tmp_path / "file" / "run")
+    proc = run_cli("--mode=train", "--train_steps=2", f"--model_dir={model_dir}", *TINY, check=False)
+    assert proc.returncode != 0
+    assert f"Cannot write to --model_dir={model_dir}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Pretraining steps" not in proc.stderr

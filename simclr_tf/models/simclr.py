@@ -29,6 +29,9 @@ class SimCLRModel(keras.Model):
       temperature, hidden_norm: of the NT-Xent loss.
       weight_decay, optimizer_name: the L2 term added to the loss as the reference does (with LARS only
         the probe's kernel, since LARS decays the rest itself).
+      grad_accum_steps: split each replica's batch into this many micro-batches, run them one after the
+        other and apply the mean of their gradients in one optimizer step (less memory, same number of
+        steps). The NT-Xent negatives and batch-norm statistics are those of a micro-batch.
 
     Example:
       >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
@@ -41,7 +44,8 @@ class SimCLRModel(keras.Model):
     """
 
     def __init__(self, encoder, projection_head, num_classes=0, temperature=0.1, hidden_norm=True,
-                 weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, **kwargs):
+                 weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, grad_accum_steps=1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.projection_head = projection_head
@@ -51,6 +55,7 @@ class SimCLRModel(keras.Model):
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer_name
         self.zero_init_logits_layer = zero_init_logits_layer
+        self.grad_accum_steps = grad_accum_steps
         self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
                                 if num_classes else None)
         names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay"]
@@ -82,38 +87,43 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
-            proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
-            contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
-                proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm)
-            loss = contrast_loss
-            updates = {"contrast_loss": contrast_loss}
-            updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
-            if self.supervised_head is not None:
-                both_labels = tf.concat([labels, labels], axis=0)
-                logits = outputs["logits_sup"]
-                sup_loss = losses.supervised_loss(both_labels, logits)
-                loss += sup_loss
-                updates["supervised_loss"] = sup_loss
-                updates["supervised_acc"] = tf.reduce_mean(tf.cast(
-                    tf.equal(tf.argmax(logits, -1, output_type=both_labels.dtype), both_labels),
-                    tf.float32))
-            decay = optimizers.l2_weight_decay_loss(
-                self.trainable_variables, self.weight_decay, self.optimizer_name)
-            loss += decay
-            updates["weight_decay"] = decay
-            updates["loss"] = loss
-            # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
-            # scale_loss multiplies by the loss scale under mixed_float16 (LossScaleOptimizer), else by 1.
-            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        gradients, micro_updates = optimizers.accumulated_gradients(
+            self._scaled_loss_and_updates, (view_1, view_2, labels), self.trainable_variables,
+            self.grad_accum_steps)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        for name, value in updates.items():
-            self._trackers[name].update_state(value)
+        for updates in micro_updates:
+            for name, value in updates.items():
+                self._trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self._trackers.items()}
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
+
+    def _scaled_loss_and_updates(self, batch):
+        """(the loss to differentiate, the metric values) of one (micro-)batch `(view_1, view_2, labels)`."""
+        view_1, view_2, labels = batch
+        outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
+        proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
+        contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
+            proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm)
+        loss = contrast_loss
+        updates = {"contrast_loss": contrast_loss}
+        updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        if self.supervised_head is not None:
+            both_labels = tf.concat([labels, labels], axis=0)
+            logits = outputs["logits_sup"]
+            sup_loss = losses.supervised_loss(both_labels, logits)
+            loss += sup_loss
+            updates["supervised_loss"] = sup_loss
+            updates["supervised_acc"] = tf.reduce_mean(tf.cast(
+                tf.equal(tf.argmax(logits, -1, output_type=both_labels.dtype), both_labels), tf.float32))
+        decay = optimizers.l2_weight_decay_loss(
+            self.trainable_variables, self.weight_decay, self.optimizer_name)
+        loss += decay
+        updates["weight_decay"] = decay
+        updates["loss"] = loss
+        # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
+        # scale_loss multiplies by the loss scale under mixed_float16 (LossScaleOptimizer), else by 1.
+        return self.optimizer.scale_loss(loss / _num_replicas()), updates
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -137,6 +147,7 @@ class SimCLRModel(keras.Model):
             weight_decay=self.weight_decay,
             optimizer_name=self.optimizer_name,
             zero_init_logits_layer=self.zero_init_logits_layer,
+            grad_accum_steps=self.grad_accum_steps,
         )
         return config
 
@@ -149,7 +160,7 @@ class SimCLRModel(keras.Model):
 
 
 def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
-                       optimizer_name, seed=None):
+                       optimizer_name, seed=None, grad_accum_steps=1):
     """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs."""
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -167,6 +178,7 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
     model = SimCLRModel(encoder, head, num_classes=num_classes, temperature=temperature,
                         hidden_norm=hidden_norm, weight_decay=weight_decay,
                         optimizer_name=optimizer_name,
-                        zero_init_logits_layer=model_cfg.zero_init_logits_layer)
+                        zero_init_logits_layer=model_cfg.zero_init_logits_layer,
+                        grad_accum_steps=grad_accum_steps)
     model(tf.zeros([1, image_size, image_size, 3]))
     return model

@@ -1,0 +1,243 @@
+"""Real multi-worker training: worker processes on 127.0.0.1 with TF_CONFIG under MultiWorkerMirroredStrategy.
+
+- Two workers take the same steps as one process on the same global batch, and only the chief checkpoints.
+- A worker killed mid-run (SIGKILL) after a checkpoint exists: the whole job, restarted with the same
+  commands, resumes from the newest checkpoint's step and finishes at the requested step.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import checkpoints
+from tests.test_cli import REPO, TINY, checkpoint_steps
+
+GLOBAL_BATCH = 8
+STEPS = 3
+_MARK = "@@REPORT@@"
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def start_worker(command, ports, index, log_path):
+    env = dict(os.environ, TF_CONFIG=tf_config(ports, index), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=REPO)
+    log = open(log_path, "w")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_all(procs, timeout):
+    """Waits for every process; kills the ones still running after `timeout` seconds (in total)."""
+    deadline = time.time() + timeout
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(1.0, deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def train_a_few_steps(strategy, model_dir):
+    """STEPS LARS steps of a tiny SimCLR model (global BN) on fixed views, checkpointing every step.
+
+    Every replica's batches are cut from the same sequence of global batches: with 2 workers, worker i takes
+    the i-th half of each global batch, as one process would see them whole. Returns the per-step contrast
+    losses and the weights.
+    """
+    from simclr_tf.models.heads import ProjectionHead
+    from simclr_tf.models.resnet import ResNet
+    from simclr_tf.models.simclr import SimCLRModel
+    from simclr_tf import distribute, optimizers
+
+    rng = np.random.default_rng(1)
+    views = rng.random((2, GLOBAL_BATCH * STEPS, 16, 16, 3), dtype=np.float32)
+    labels = np.zeros(GLOBAL_BATCH * STEPS, np.int32)
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
+        dataset = tf.data.Dataset.from_tensor_slices(((views[0], views[1]), labels)).batch(per_replica)
+        return dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+    if strategy.num_replicas_in_sync == 1:
+        dataset = dataset_fn(tf.distribute.InputContext())
+    else:
+        dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=True),
+                            ProjectionHead(num_layers=2, out_dim=8), temperature=0.5, weight_decay=1e-4)
+        model(tf.zeros([1, 16, 16, 3]))
+        model.compile(optimizer=optimizers.build_optimizer("lars", 0.2, weight_decay=1e-4))
+    distribute.prepare_multi_worker_fit(model, strategy)
+    initial = [w.numpy().tolist() for w in model.weights]
+    losses = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(float(np.asarray(logs["contrast_loss"]))))
+    model.fit(dataset, epochs=STEPS, steps_per_epoch=1, verbose=0,
+              callbacks=[checkpoints.PeriodicCheckpoint(model_dir, keep_max=5), record])
+    return {"losses": losses, "initial": initial, "weights": [w.numpy().tolist() for w in model.weights],
+            "paths": [w.path for w in model.weights]}
+
+
+WORKER_CODE = f"""
+import json, sys
+from simclr_tf import distribute
+from simclr_tf.config import ConfigError, DistributeConfig
+from tests.test_multiworker import train_a_few_steps
+strategy = distribute.build_strategy(DistributeConfig())
+distribute.check_workers_agree(strategy, 7, "a number they share")
+try:
+    distribute.check_workers_agree(strategy, strategy.cluster_resolver.task_id, "their task index")
+    disagreement = None
+except ConfigError as error:
+    disagreement = str(error)
+result = train_a_few_steps(strategy, sys.argv[1])
+result.update(replicas=strategy.num_replicas_in_sync, chief=distribute.is_chief(strategy),
+              should_checkpoint=strategy.extended.should_checkpoint, disagreement=disagreement)
+print("{_MARK}" + json.dumps(result), flush=True)
+"""
+
+
+def report_of(log_path):
+    with open(log_path) as f:
+        lines = [line for line in f if line.startswith(_MARK)]
+    assert len(lines) == 1, open(log_path).read()[-3000:]
+    return json.loads(lines[0][len(_MARK):])
+
+
+@pytest.mark.slow
+def test_two_workers_take_the_same_steps_as_one_process(tmp_path):
+    ports = free_ports(2)
+    model_dirs = [tmp_path / f"worker{index}" for index in range(2)]
+    for model_dir in model_dirs:
+        model_dir.mkdir()
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = [start_worker([sys.executable, "-c", WORKER_CODE, str(model_dirs[index])], ports, index,
+                            logs[index]) for index in range(2)]
+    try:
+        one_process = train_a_few_steps(tf.distribute.get_strategy(), str(tmp_path / "single"))
+    finally:
+        codes = wait_all(workers, timeout=300)
+    assert codes == [0, 0], [open(log).read()[-3000:] for log in logs]
+    reports = [report_of(log) for log in logs]
+
+    assert [r["replicas"] for r in reports] == [2, 2]
+    assert [r["chief"] for r in reports] == [True, False]
+    assert [r["should_checkpoint"] for r in reports] == [True, False]  # TF's own notion agrees.
+    for report in reports:  # Workers holding different values (e.g. resume steps) are stopped on both.
+        assert "The workers disagree on their task index: the replicas hold [0, 1]" in report["disagreement"]
+    # Only the chief wrote checkpoints; the other worker wrote nothing at all.
+    assert checkpoint_steps(str(model_dirs[0])) == [1, 2, 3]
+    assert os.listdir(model_dirs[1]) == []
+
+    # Both workers hold identical weights; NT-Xent saw the negatives of both workers (same losses).
+    for a, b in zip(reports[0]["weights"], reports[1]["weights"]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(reports[0]["losses"], one_process["losses"], rtol=1e-5)
+    # Same weights as one process. Kernels (LARS steps scaled by the trust ratio) agree to ~2e-7 here; the
+    # batch-norm parameters, which LARS updates without a trust ratio, to ~2e-5 (measured): float32
+    # summation order in the all-reduce and synchronized BN, as for 2 devices in one process.
+    largest_step = 0.0
+    for path, start, a, b in zip(one_process["paths"], one_process["initial"], reports[0]["weights"],
+                                 one_process["weights"]):
+        a, b, start = np.asarray(a), np.asarray(b), np.asarray(start)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 if path.endswith("kernel") else 1e-4,
+                                   err_msg=path)
+        largest_step = max(largest_step, float(np.max(np.abs(b - start))))
+    assert largest_step > 1e-2  # The steps were large compared with the tolerances.
+
+
+STEP_RANGE = re.compile(r"steps (\d+)\.\.(\d+)")
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d+\..+\.(\d+)\.\d+\.v2$")
+
+
+def run_py_command(model_dir, train_steps):
+    return [sys.executable, "run.py", "--mode=train", f"--train_steps={train_steps}",
+            f"--model_dir={model_dir}", *TINY, "--checkpoint_steps=3", "--lineareval_while_pretraining=false",
+            "--global_bn=false"]  # Fewer collectives to trace; the 2-worker step test above covers global BN.
+
+
+def event_file_pids(model_dir):
+    """Process ids in the TensorBoard event file names (events.out.tfevents.<time>.<host>.<pid>...)."""
+    pids = set()
+    for _, _, files in os.walk(model_dir):
+        pids.update(int(match.group(1)) for match in map(EVENT_FILE.match, files) if match)
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_worker_and_restarted_job_resume_from_the_last_checkpoint(tmp_path):
+    model_dir, train_steps = str(tmp_path / "run"), 15
+    ports = free_ports(2)
+    command = run_py_command(model_dir, train_steps)
+    logs = [tmp_path / f"first{index}.log" for index in range(2)]
+    first = [start_worker(command, ports, index, logs[index]) for index in range(2)]
+    try:
+        deadline = time.time() + 240
+        while not (os.path.isdir(model_dir) and checkpoint_steps(model_dir)):
+            assert time.time() < deadline and all(p.poll() is None for p in first), \
+                [open(log).read()[-3000:] for log in logs]
+            time.sleep(0.2)
+        first[1].send_signal(signal.SIGKILL)  # The non-chief dies mid-run.
+        # The chief is stuck in (or fails) its next collective; what the job's supervisor would do: stop it.
+        wait_all([first[0]], timeout=20)
+    finally:
+        wait_all(first, timeout=1)
+    steps_left = checkpoint_steps(model_dir)
+    assert steps_left and steps_left[-1] < train_steps
+    for step in steps_left:  # Every checkpoint left behind loads.
+        checkpoints.restore(_tiny_run_model(), checkpoints.checkpoint_path(model_dir, step))
+    first_pids = event_file_pids(model_dir)
+
+    logs = [tmp_path / f"second{index}.log" for index in range(2)]
+    second = [start_worker(command, ports, index, logs[index]) for index in range(2)]
+    codes = wait_all(second, timeout=300)
+    outputs = [open(log).read() for log in logs]
+    assert codes == [0, 0], [out[-3000:] for out in outputs]
+    for out in outputs:  # Both workers resumed from the newest checkpoint and ran to the requested step.
+        assert f"ckpt-{steps_left[-1]:08d}" in out
+        assert STEP_RANGE.findall(out) == [(str(steps_left[-1]), str(train_steps))]
+    assert checkpoint_steps(model_dir)[-1] == train_steps
+    assert os.path.isdir(os.path.join(model_dir, "saved_model", str(train_steps)))
+    # TensorBoard files come from the chief only (one writer per run, and never the non-chief).
+    pids = event_file_pids(model_dir)
+    assert second[1].pid not in pids and first[1].pid not in pids
+    assert second[0].pid in pids and pids - first_pids == {second[0].pid}
+
+
+def _tiny_run_model():
+    """The model and optimizer TINY's run builds (no probe), to load its checkpoints into."""
+    from simclr_tf import config as config_lib, optimizers
+    from simclr_tf.models.simclr import build_simclr_model
+
+    cfg = config_lib.Config.from_dict({"model": {"resnet_depth": 18, "width_multiplier": 0.125,
+                                                 "num_proj_layers": 2, "proj_out_dim": 16}})
+    model = build_simclr_model(cfg.model, 16, num_classes=0, temperature=0.5, hidden_norm=True,
+                               weight_decay=1e-6, optimizer_name="lars")
+    schedule = optimizers.WarmUpAndCosineDecay(0.5, 10000, 16, warmup_epochs=0, train_steps=15)
+    model.compile(optimizer=optimizers.build_optimizer("lars", schedule, weight_decay=1e-6))
+    return model
