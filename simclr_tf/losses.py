@@ -39,6 +39,12 @@ def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=
     the negatives come from all replicas; the loss returned is this replica's mean, so divide it by
     `num_replicas_in_sync` before gradients are summed over replicas.
 
+    Example (two identical views: each image is easy to find among the 2N - 1 candidates):
+      >>> views = tf.math.l2_normalize(tf.random.stateless_normal([4, 8], seed=[0, 1]), -1)
+      >>> loss, logits, labels = contrastive_loss(views, views, temperature=0.1)
+      >>> bool(loss < 0.5), logits.shape, labels.shape  # logits against the other view; labels one-hot
+      (True, TensorShape([4, 4]), TensorShape([4, 8]))
+
     Returns:
         `(loss, logits_ab, labels)`: the float32 scalar loss, the `[N, N_global]` logits of view 1
         against view 2, and the `[N, 2 * N_global]` one-hot targets (positive at the global index).

@@ -258,7 +258,8 @@ def accumulated_gradients(loss_fn, batch, variables, num_micro_batches=1):
     """The mean gradient of `loss_fn` over `num_micro_batches` equal slices of `batch`, one at a time.
 
     `batch` is a (nested) structure of tensors split along their first axis; `loss_fn(micro_batch)`
-    returns `(loss, aux)`, `loss` being what to differentiate with respect to `variables` (already divided
+    returns `(loss, aux)`, `loss` being what to differentiate with respect to `variables` (a list, or a
+    callable giving it after `loss_fn` ran, for a model built by its first call; the loss is already divided
     by the number of replicas and scaled for mixed precision, as for a whole batch). Returns
     `(gradients, [aux of each micro-batch])`. The slices run in sequence (each starts once the previous
     one's gradients exist), so only one micro-batch's activations are alive at a time: the memory of a
@@ -279,7 +280,7 @@ def accumulated_gradients(loss_fn, batch, variables, num_micro_batches=1):
             micro_batch = tf.nest.map_structure(tf.identity, micro_batch)
         with tf.GradientTape() as tape:
             loss, aux = loss_fn(micro_batch)
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(loss, variables() if callable(variables) else variables)
         outputs.append(aux)
         total = gradients if total is None else [
             t if g is None else (g if t is None else t + g) for t, g in zip(total, gradients)]

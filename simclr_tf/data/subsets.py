@@ -82,6 +82,11 @@ def choose_labelled_subset(ids, labels, fraction: float | None = None, per_class
     `ids` and `labels` are parallel sequences (as `ImageSource.labels_and_ids` returns them); exactly one
     of `fraction` (in (0, 1]) and `per_class` (positive) chooses the size. `dataset` and `split` are only
     recorded. The same ids, labels and seed give the same subset in any input order.
+
+    Example:
+      >>> subset = choose_labelled_subset(list(range(100)), [i % 4 for i in range(100)], fraction=0.2)
+      >>> len(subset.ids), subset.counts_per_class
+      (20, {0: 5, 1: 5, 2: 5, 3: 5})
     """
     if (fraction is None) == (per_class is None):
         raise ConfigError("Choose a labelled subset by exactly one of fraction (--label_fraction) or "

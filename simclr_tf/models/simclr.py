@@ -88,7 +88,8 @@ class SimCLRModel(keras.Model):
     def train_step(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         gradients, micro_updates = optimizers.accumulated_gradients(
-            self._scaled_loss_and_updates, (view_1, view_2, labels), self.trainable_variables,
+            # Read after the first forward pass, which builds a model not yet called.
+            self._scaled_loss_and_updates, (view_1, view_2, labels), lambda: self.trainable_variables,
             self.grad_accum_steps)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         for updates in micro_updates:
