@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 
 
 def machine_description():
-    """One line: CPU model, cores, memory, TensorFlow and Keras versions, load average."""
+    """One line: CPU model, cores, memory, TensorFlow and Keras versions, load average now."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -32,7 +32,7 @@ def machine_description():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpus = len(tf.config.list_physical_devices("GPU"))
     return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {gpus} GPU(s), TF {tf.__version__}, "
-            f"Keras {keras.__version__}, load average {load:.2f} at start")
+            f"Keras {keras.__version__}, 1-minute load average {load:.2f} when the table was printed")
 
 
 def time_repeats(fn, repeats, warmup=1):

@@ -39,15 +39,16 @@ def test_crop_and_resize_matches_tf_image_resize(method, size):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_interpolation_rows_sum_to_one_and_stay_inside_the_crop():
-    matrix = image_ops.interpolation_matrix([2, 0], [5, 9], 9, 13).numpy()
-    np.testing.assert_allclose(matrix.sum(axis=2), 1.0, atol=1e-6)
-    assert np.all(matrix[0, :, :2] == 0) and np.all(matrix[0, :, 7:] == 0)
+def test_resize_taps_sum_to_one_and_stay_inside_the_crop():
+    taps, weights = (t.numpy() for t in image_ops.resize_taps([2, 0], [5, 9], 13))
+    np.testing.assert_allclose(weights.sum(axis=2), 1.0, atol=1e-6)
+    assert taps.shape == weights.shape == (2, 13, 4)
+    assert np.all((taps[0] >= 2) & (taps[0] <= 6)) and np.all((taps[1] >= 0) & (taps[1] <= 8))
 
 
 def test_unknown_interpolation_is_rejected():
     with pytest.raises(ValueError, match="bicubic"):
-        image_ops.interpolation_matrix([0], [4], 4, 4, method="nearest")
+        image_ops.resize_taps([0], [4], 4, method="nearest")
 
 
 @pytest.mark.parametrize("image_size", [(32, 32), (37, 53)])
@@ -166,3 +167,98 @@ def test_rank_is_checked():
 
 def test_blur_of_an_empty_batch_is_empty():
     assert image_ops.gaussian_blur(tf.zeros([0, 8, 8, 3]), tf.zeros([0]), 2).shape == (0, 8, 8, 3)
+
+
+def test_blur_equals_the_previous_height_then_width_formulation():
+    # Until the speed-up the second pass was a [K, 1] depthwise convolution along the height; both passes
+    # now run along the width (the second on transposed images). Same products, same sums: equal.
+    sigmas = np.array([0.3, 1.0, 1.7, 2.0], np.float32)
+    kernels = np.repeat(image_ops.gaussian_kernels(sigmas, 4).numpy(), 3, axis=0).T  # [K, B*C]
+    folded = tf.reshape(tf.transpose(IMAGES, [1, 2, 0, 3]), [1, 23, 31, 12])
+    folded = tf.nn.depthwise_conv2d(folded, kernels[None, :, :, None], [1, 1, 1, 1], "SAME")
+    folded = tf.nn.depthwise_conv2d(folded, kernels[:, None, :, None], [1, 1, 1, 1], "SAME")
+    previous = tf.transpose(tf.reshape(folded, [23, 31, 4, 3]), [2, 0, 1, 3]).numpy()
+    np.testing.assert_allclose(image_ops.gaussian_blur(tf.constant(IMAGES), sigmas, 4), previous, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- fused per-image loop
+
+JITTER_OPS = (image_ops.scale_brightness, image_ops.adjust_contrast, image_ops.adjust_saturation,
+              image_ops.adjust_hue)
+FACTORS = np.array([[1.3, 0.5, 1.6, 0.1], [0.7, 1.7, 0.3, -0.15], [1.1, 1.2, 1.9, 0.45],
+                    [0.6, 0.9, 1.4, -0.3]], np.float32)
+ORDERS = np.array([[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]], np.int32)
+
+
+def jitter_with_separate_ops(images, apply, factors, orders, brightness=image_ops.scale_brightness):
+    """Each applied image through its ops in its order, one image at a time, clipping after each op."""
+    out = []
+    for image, applied, values, order in zip(images, apply, factors, orders):
+        planes = image_ops.to_planes(image[None])
+        for op in order if applied else []:
+            function = brightness if op == 0 else JITTER_OPS[op]
+            planes = tf.clip_by_value(function(planes, values[op:op + 1]), 0.0, 1.0)
+        out.append(image_ops.from_planes(planes)[0].numpy())
+    return np.stack(out)
+
+
+def test_fused_jitter_runs_each_images_ops_in_its_order():
+    apply = np.array([True, True, False, True])
+    got = image_ops.fused_augment(IMAGES, jitter=(apply, FACTORS, ORDERS)).numpy()
+    np.testing.assert_allclose(got, jitter_with_separate_ops(IMAGES, apply, FACTORS, ORDERS), atol=1e-5)
+    np.testing.assert_array_equal(got[2], IMAGES[2])  # not applied: untouched
+    shifted = image_ops.fused_augment(IMAGES, jitter=(apply, FACTORS - [1, 0, 0, 0], ORDERS),
+                                      brightness="shift").numpy()
+    want = jitter_with_separate_ops(IMAGES, apply, FACTORS - [1, 0, 0, 0], ORDERS, image_ops.shift_brightness)
+    np.testing.assert_allclose(shifted, want, atol=1e-5)
+
+
+def test_fused_crop_flip_gray_blur_and_clip_equal_the_separate_ops():
+    boxes = np.array([[0, 0, 23, 31], [3, 5, 11, 17], [20, 28, 3, 3], [4, 0, 19, 1]], np.int32)
+    flips = np.array([True, False, True, False])
+    grays = np.array([False, True, True, False])
+    blurs = (np.array([True, True, False, True]), image_ops.gaussian_kernels([0.5, 1.0, 1.5, 2.0], 2))
+    got = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 16, 20), flips, grays=grays,
+                                  blurs=blurs, clip=True).numpy()
+    want = np.stack([
+            tf.image.resize(tf.image.crop_to_bounding_box(image, *box), (16, 20), method="bicubic").numpy()
+            for image, box in zip(IMAGES, boxes)])
+    want = np.where(flips[:, None, None, None], want[:, :, ::-1], want)
+    want = np.where(grays[:, None, None, None], image_ops.grayscale(want), want)
+    blurred = image_ops.gaussian_blur(tf.constant(want), [0.5, 1.0, 1.5, 2.0], 2).numpy()
+    want = np.clip(np.where(blurs[0][:, None, None, None], blurred, want), 0.0, 1.0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_mirrored_taps_flip_the_output_exactly():
+    boxes = np.array([[0, 0, 23, 31], [3, 5, 11, 17], [2, 8, 13, 3], [4, 0, 19, 2]], np.int32)
+    flips = np.array([True, False, True, True])
+    plain = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14)).numpy()
+    mirrored = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14, flips=flips)).numpy()
+    np.testing.assert_array_equal(mirrored, np.where(flips[:, None, None, None], plain[:, :, ::-1], plain))
+
+
+def test_fused_takes_integer_images_and_gives_float32():
+    as_uint8 = (IMAGES * 255).astype(np.uint8)
+    got = image_ops.fused_augment(as_uint8)
+    assert got.dtype == tf.float32
+    np.testing.assert_array_equal(got, tf.image.convert_image_dtype(as_uint8, tf.float32))
+
+
+def test_fused_is_the_same_eagerly_and_in_tf_data():
+    arguments = dict(crop=image_ops.crop_taps([[1, 2, 15, 20]] * 4, 12, 12),
+                     jitter=(np.ones(4, bool), FACTORS, ORDERS), grays=[True, False, False, True],
+                     blurs=([True, False, True, True], image_ops.gaussian_kernels([0.5, 1, 1.5, 2], 1)),
+                     clip=True)
+    eager = image_ops.fused_augment(IMAGES, **arguments).numpy()
+    dataset = tf.data.Dataset.from_tensors(IMAGES).map(lambda x: image_ops.fused_augment(x, **arguments))
+    np.testing.assert_array_equal(next(iter(dataset)).numpy(), eager)
+    # A batch size unknown while tracing is compiled for each size met (here 3, then 1).
+    unbatched = tf.data.Dataset.from_tensor_slices(IMAGES).batch(3)
+    mapped = [x.numpy() for x in unbatched.map(lambda x: image_ops.fused_augment(x, clip=True))]
+    np.testing.assert_array_equal(np.concatenate(mapped), np.clip(IMAGES, 0, 1))
+
+
+def test_fused_rejects_an_unknown_brightness_op():
+    with pytest.raises(ValueError, match="scale"):
+        image_ops.fused_augment(IMAGES, brightness="add")

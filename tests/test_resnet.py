@@ -7,6 +7,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf.models import resnet_blocks
 from simclr_tf.models.resnet import ResNet, scaled_channels
@@ -290,3 +291,43 @@ def test_global_bn_under_mirrored_strategy_uses_the_global_batch():
     max_diff = run_with_devices(SYNC_BN_SNIPPET, num_devices=2)
     assert max_diff["True"] < 1e-4
     assert max_diff["False"] > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("synchronized", [True, False])
+def test_fused_batch_norm_matches_keras_batch_norm(policy, synchronized):
+    # The fused kernel (one replica: a synchronized layer's statistics are this replica's) against the
+    # Keras layer: outputs, gradients and moving statistics, training and inference.
+    x = tf.constant(np.random.default_rng(3).normal(1.0, 2.0, size=(6, 5, 4, 7)).astype("float32"))
+    layers = [resnet_blocks.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized,
+                                                    dtype=policy),
+              keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized,
+                                              dtype=policy)]
+    results = []
+    for layer in layers:
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 7))
+        layer.beta.assign(np.linspace(-1.0, 1.0, 7))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.sin(x))
+        gradients = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        assert y.dtype == layer.compute_dtype
+        results.append([y, *gradients, layer.moving_mean, layer.moving_variance, layer(x, training=False)])
+    tolerance = 1e-5 if policy == "float32" else 2e-2  # bfloat16 outputs carry 8 bits
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(np.asarray(tf.cast(fused, tf.float32)),
+                                   np.asarray(tf.cast(plain, tf.float32)), rtol=tolerance, atol=tolerance)
+    # Moving statistics moved from (0, 1) towards the biased float32 moments of the layer's input (which
+    # under mixed_bfloat16 is x rounded to bfloat16).
+    seen = np.asarray(tf.cast(tf.cast(x, layers[0].compute_dtype), tf.float32)).astype(np.float64)
+    np.testing.assert_allclose(results[0][4], 0.1 * seen.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(results[0][5], 0.9 + 0.1 * seen.var(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_resnet_batch_norms_are_the_fused_layer():
+    layers = bn_layers(tiny_cifar_resnet18())
+    assert layers and all(isinstance(layer, resnet_blocks.BatchNormalization) for layer in layers)
+    assert_config_covers_init(layers[0])
+    assert_config_round_trip(layers[0])

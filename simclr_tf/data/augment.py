@@ -12,6 +12,13 @@ reproducible pipelines pass explicit seeds (e.g. from `Dataset.enumerate()` or
 `Dataset.random()`). Composite layers hand each part a sub-seed folded from their seed.
 With `training=False` random layers return their input (the crop layer resizes it instead, so
 the output size is the same in both modes).
+
+Speed: a batch (static batch size other than 1) runs through `image_ops.fused_augment`, an
+XLA-compiled loop that takes one image at a time through crop-resize, flip, jitter, grayscale and
+blur (compiled once per input shape, about a second); a single image, or a batch of one, runs the
+separate batched ops, which suit one image of any size. Both compute the same formulas from the
+same draws and agree to float rounding (about 1e-6); a given input always takes the same path,
+eagerly and in tf.data.
 """
 import keras
 import tensorflow as tf
@@ -28,6 +35,11 @@ def _fold(seed, index):
 def _coins(seed, batch_size, probability):
     """Per-image booleans, True with `probability`."""
     return tf.random.stateless_uniform([batch_size], seed) < probability
+
+
+def _fused(images):
+    """Whether a batch takes the fused per-image loop: any batch but a (static) single image."""
+    return images.shape[0] != 1
 
 
 def _select(condition, if_true, if_false):
@@ -55,10 +67,13 @@ class _ImageLayer(keras.layers.Layer):
         pass  # no weights; sublayers build themselves when called
 
     def call(self, images, training=True, seed=None):
-        images = tf.image.convert_image_dtype(tf.convert_to_tensor(images), tf.float32)
-        batch, was_single = image_ops.to_batch(images)
-        result = tf.clip_by_value(self._transform(batch, training, seed), 0.0, 1.0)
-        return image_ops.from_batch(result, was_single)
+        batch, was_single = image_ops.to_batch(tf.convert_to_tensor(images))
+        return image_ops.from_batch(self._transform_batch(batch, training, seed), was_single)
+
+    def _transform_batch(self, images, training, seed):
+        """Float32 result in [0, 1] of a batch of any image dtype (a fused path overrides this)."""
+        images = tf.image.convert_image_dtype(images, tf.float32)
+        return tf.clip_by_value(self._transform(images, training, seed), 0.0, 1.0)
 
     def _transform(self, images, training, seed):
         raise NotImplementedError
@@ -100,8 +115,8 @@ class RandomResizedCrop(_RandomImageLayer):
     Boxes come from `image_ops.sample_crop_boxes`: 10 candidates per image (area uniform, aspect
     log-uniform, sides rounded to pixels), the first that fits and stays in both ranges, else the
     whole image. `interpolation` is "bicubic" or "bilinear", matching tf.image.resize. A batch is
-    resampled with per-image matrices; a single image is sliced and resized. With
-    `training=False` the whole image is resized.
+    resampled from each crop's taps (`resize_taps`) in the fused loop; a single image is sliced
+    and resized. With `training=False` the whole image is resized.
     """
 
     def __init__(self, height, width, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
@@ -121,14 +136,18 @@ class RandomResizedCrop(_RandomImageLayer):
             self.draw_seed(seed), batch_size, image_height, image_width,
             self.area_range, self.aspect_ratio_range)
 
+    def crop_taps(self, boxes, flips=None):
+        """`fused_augment`'s `crop` argument for these boxes; `flips` [B] mirrors those outputs."""
+        return image_ops.crop_taps(boxes, self.height, self.width, self.interpolation, flips)
+
     def _augment(self, images, seed):
         shape = tf.shape(images)
         boxes = self.sample_boxes(shape[0], shape[1], shape[2], seed)
-        if images.shape[0] == 1:  # one image, any size: slicing then resizing is much cheaper
+        if _fused(images):
+            crops = image_ops.fused_augment(images, self.crop_taps(boxes))
+        else:  # one image, any size: slicing then resizing is much cheaper
             crop = tf.image.crop_to_bounding_box(images, *tf.unstack(boxes[0]))
             crops = tf.image.resize(crop, (self.height, self.width), method=self.interpolation)
-        else:
-            crops = image_ops.crop_and_resize(images, boxes, self.height, self.width, self.interpolation)
         return tf.ensure_shape(crops, [images.shape[0], self.height, self.width, images.shape[3]])
 
     def _inference(self, images):
@@ -148,8 +167,12 @@ class RandomFlip(_RandomImageLayer):
         super().__init__(seed=seed, **kwargs)
         self.probability = probability
 
+    def sample_flips(self, batch_size, seed):
+        """Per-image booleans `[B]`: which images `call` flips for this seed."""
+        return _coins(self.draw_seed(seed), batch_size, self.probability)
+
     def _augment(self, images, seed):
-        flip = _coins(seed, tf.shape(images)[0], self.probability)
+        flip = self.sample_flips(tf.shape(images)[0], seed)
         return _select(flip, tf.reverse(images, axis=[2]), images)
 
     def get_config(self):
@@ -202,8 +225,24 @@ class ColorJitter(_RandomImageLayer):
                 "order": tf.argsort(keys, axis=1, stable=True),
         }
 
+    def fused_jitter(self, factors):
+        """`fused_augment`'s `jitter` argument for factors of `sample_factors`."""
+        order = factors["order"]
+        if not self.random_order:
+            order = tf.broadcast_to(tf.range(4, dtype=order.dtype), tf.shape(order))
+        values = tf.stack([factors[name] for name in self.OPS], axis=1)
+        return factors["apply"], values, order
+
+    @property
+    def brightness_op(self):
+        """`fused_augment`'s `brightness` argument: "scale" (SimCLR v2) or "shift" (v1)."""
+        return "scale" if self.impl == "simclrv2" else "shift"
+
     def apply_factors(self, images, factors):
         """Jitters the images where `factors["apply"]`, with their factors, in their op order."""
+        if _fused(images):
+            return image_ops.fused_augment(images, jitter=self.fused_jitter(factors),
+                                           brightness=self.brightness_op)
         planes = image_ops.to_planes(images)
         brightness = (image_ops.scale_brightness if self.impl == "simclrv2"
                       else image_ops.shift_brightness)
@@ -247,8 +286,12 @@ class RandomGrayscale(_RandomImageLayer):
         super().__init__(seed=seed, **kwargs)
         self.probability = probability
 
+    def sample_grays(self, batch_size, seed):
+        """Per-image booleans `[B]`: which images `call` turns gray for this seed."""
+        return _coins(self.draw_seed(seed), batch_size, self.probability)
+
     def _augment(self, images, seed):
-        gray = _coins(seed, tf.shape(images)[0], self.probability)
+        gray = self.sample_grays(tf.shape(images)[0], seed)
         return _select(gray, image_ops.grayscale(images), images)
 
     def get_config(self):
@@ -272,6 +315,8 @@ class RandomGaussianBlur(_RandomImageLayer):
 
     def radius(self, image_height):
         """Kernel radius for images of this (static) height."""
+        if image_height is None and self.kernel_size is None:
+            raise ValueError("RandomGaussianBlur needs a static image height or a kernel_size.")
         kernel_size = self.kernel_size if self.kernel_size is not None else image_height // 10
         return kernel_size // 2
 
@@ -281,12 +326,18 @@ class RandomGaussianBlur(_RandomImageLayer):
         sigmas = tf.random.stateless_uniform([batch_size], _fold(seed, 1), *self.sigma_range)
         return _coins(_fold(seed, 0), batch_size, self.probability), sigmas
 
+    def fused_blurs(self, batch_size, image_height, seed):
+        """`fused_augment`'s `blurs` argument for this seed and (static) image height."""
+        radius = self.radius(image_height)
+        blur, sigmas = self.sample_sigmas(batch_size, seed)
+        return blur, image_ops.gaussian_kernels(sigmas, radius)
+
     def _augment(self, images, seed):
-        height = images.shape[1]
-        if height is None and self.kernel_size is None:
-            raise ValueError("RandomGaussianBlur needs a static image height or a kernel_size.")
+        if _fused(images):
+            blurs = self.fused_blurs(tf.shape(images)[0], images.shape[1], seed)
+            return image_ops.fused_augment(images, blurs=blurs)
+        radius = self.radius(images.shape[1])
         blur, sigmas = self.sample_sigmas(tf.shape(images)[0], seed)
-        radius = self.radius(height)
         return _apply_to_selected(
                 lambda chosen, chosen_sigmas: image_ops.gaussian_blur(chosen, chosen_sigmas, radius),
                 images, blur, sigmas)
@@ -351,9 +402,36 @@ class PretrainAugment(_RandomImageLayer):
         self.grayscale_layer = RandomGrayscale(0.2)
         self.blur_layer = RandomGaussianBlur(0.5)
 
+    def _transform_batch(self, images, training, seed):
+        if not training or not _fused(images):
+            return super()._transform_batch(images, training, seed)
+        # The same draws as `_augment`, run through the fused loop: the flip is folded into the
+        # crop's column taps, integer images are converted inside the loop.
+        seed = self.draw_seed(seed)
+        shape = tf.shape(images)
+        crop_taps = jitter = grays = blurs = None
+        flips = self.flip_layer.sample_flips(shape[0], _fold(seed, 1)) if self.flip else None
+        if self.crop:
+            boxes = self.crop_layer.sample_boxes(shape[0], shape[1], shape[2], _fold(seed, 0))
+            crop_taps, flips = self.crop_layer.crop_taps(boxes, flips), None
+        elif tuple(images.shape[1:3]) != (self.height, self.width):
+            images = image_ops.resize(tf.image.convert_image_dtype(images, tf.float32),
+                                      self.height, self.width)
+        if self.color_jitter_strength > 0:
+            if self.jitter_layer.probability > 0:
+                factors = self.jitter_layer.sample_factors(shape[0], _fold(seed, 2))
+                jitter = self.jitter_layer.fused_jitter(factors)
+            grays = self.grayscale_layer.sample_grays(shape[0], _fold(seed, 3))
+        if self.use_blur:
+            blurs = self.blur_layer.fused_blurs(shape[0], self.height, _fold(seed, 4))
+        views = image_ops.fused_augment(images, crop_taps, flips, jitter, grays, blurs, clip=True,
+                                        brightness=self.jitter_layer.brightness_op)
+        return tf.ensure_shape(views, [images.shape[0], self.height, self.width, images.shape[3]])
+
     def _augment(self, images, seed):
         # The parts run on the batch without their own input conversion and clipping; the view is
         # clipped once at the end (jitter also clips after each of its ops), as in the reference.
+        # Batches take the same steps in `_transform_batch`; this path serves single images.
         if self.crop:
             images = self.crop_layer._augment(images, _fold(seed, 0))
         else:

@@ -2,8 +2,12 @@
 
 Every op takes a batch of float32 images in [0, 1] (`[B, H, W, 3]`; the color ops take the
 channels-first `[B, 3, H, W]` of `to_planes`) and one parameter per image (shape `[B]`), so a
-whole batch is transformed at once with no per-image loop. Nothing here draws random numbers
-except `sample_crop_boxes`, which is stateless (same seed, same boxes).
+whole batch is transformed at once with no Python loop over images. Nothing here draws random
+numbers except `sample_crop_boxes`, which is stateless (same seed, same boxes).
+
+`fused_augment` is the fast path of the augmentation layers for batches: one XLA-compiled loop
+that takes each image through crop-and-resize, flip, color jitter and grayscale while it is in
+the CPU cache, computing the same formulas as the separate ops (equal to float rounding).
 """
 import math
 
@@ -87,8 +91,13 @@ def keys_cubic(distance):
     return tf.where(x <= 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
 
 
-def _taps(starts, sizes, output_size, method):
-    """Input pixel and weight of each tap of each output pixel, both `[B, output_size, taps]`."""
+def resize_taps(starts, sizes, output_size, method="bicubic"):
+    """Input pixel and weight of each tap of each output pixel, both `[B, output_size, taps]`.
+
+    Output pixel o of image b is `sum_t weights[b, o, t] * input[taps[b, o, t]]`, resampling the
+    crop of image b that covers input pixels `starts[b] .. starts[b] + sizes[b] - 1` (see
+    `crop_taps`). Bicubic has 4 taps, bilinear 2. Taps clamped onto the crop's edge weigh 0.
+    """
     starts = tf.cast(starts, tf.float32)[:, tf.newaxis, tf.newaxis]
     sizes = tf.cast(sizes, tf.float32)[:, tf.newaxis, tf.newaxis]
     out_pos = tf.range(output_size, dtype=tf.float32)[tf.newaxis, :, tf.newaxis]
@@ -112,39 +121,29 @@ def _taps(starts, sizes, output_size, method):
     return tf.cast(tf.clip_by_value(taps, 0.0, sizes - 1.0) + starts, tf.int32), weights
 
 
-def interpolation_matrix(starts, sizes, input_size, output_size, method="bicubic"):
-    """Per-image 1-D resampling matrices `[B, output_size, input_size]` for a crop then resize.
+def crop_taps(boxes, height, width, method="bicubic", flips=None):
+    """The `crop` argument of `fused_augment`: box b of image b resized to (height, width).
 
-    Image b's crop covers input pixels `starts[b] .. starts[b] + sizes[b] - 1`; row o of its matrix
-    holds the weights of output pixel o, as tf.image.resize (half-pixel centers, no antialias) would
-    give when resizing that crop: "bicubic" (Keys, a = -0.5) drops the taps outside the crop and
-    renormalizes the rest; "bilinear" clamps the sample position to the crop.
+    Boxes are `(top, left, height, width)` rows. The crop is resized as tf.image.resize (half-pixel
+    centers, no antialias) would resize it: "bicubic" (Keys, a = -0.5) drops the taps outside the
+    crop and renormalizes the rest; "bilinear" clamps the sample position to the crop. `flips`
+    `[B]` mirrors those outputs left-right.
     """
-    taps, weights = _taps(starts, sizes, output_size, method)
-    shape = tf.shape(taps)
-    batch_index = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis, tf.newaxis], shape)
-    out_index = tf.broadcast_to(tf.range(shape[1])[tf.newaxis, :, tf.newaxis], shape)
-    indices = tf.stack([batch_index, out_index, taps], axis=-1)
-    return tf.scatter_nd(tf.reshape(indices, [-1, 3]), tf.reshape(weights, [-1]),
-                         tf.stack([shape[0], output_size, input_size]))
+    boxes = tf.convert_to_tensor(boxes)
+    rows = resize_taps(boxes[:, 0], boxes[:, 2], height, method)
+    cols = resize_taps(boxes[:, 1], boxes[:, 3], width, method)
+    if flips is not None:
+        cols = mirror_taps(*cols, flips)
+    return (*rows, *cols)
 
 
 def crop_and_resize(images, boxes, height, width, method="bicubic"):
     """Crops box b (`(top, left, height, width)` in pixels) out of image b and resizes it.
 
     Equals `tf.image.resize(tf.image.crop_to_bounding_box(image, *box), (height, width), method)`
-    for every image, computed for the whole batch as two batched matrix products.
+    for every image (to float rounding), computed from each crop's taps in `fused_augment`.
     """
-    boxes = tf.convert_to_tensor(boxes)
-    shape = tf.shape(images)
-    batch, in_h, in_w, channels = shape[0], shape[1], shape[2], shape[3]
-    rows = interpolation_matrix(boxes[:, 0], boxes[:, 2], in_h, height, method)  # [B, height, H]
-    cols = interpolation_matrix(boxes[:, 1], boxes[:, 3], in_w, width, method)  # [B, width, W]
-    resized = tf.matmul(rows, tf.reshape(images, [batch, in_h, in_w * channels]))
-    # Bring W to the middle so the second product is a plain batched matmul too.
-    resized = tf.transpose(tf.reshape(resized, [batch, height, in_w, channels]), [0, 2, 1, 3])
-    resized = tf.matmul(cols, tf.reshape(resized, [batch, in_w, height * channels]))
-    return tf.transpose(tf.reshape(resized, [batch, width, height, channels]), [0, 2, 1, 3])
+    return fused_augment(images, crop_taps(boxes, height, width, method))
 
 
 def resize(images, height, width, method="bicubic"):
@@ -199,7 +198,12 @@ def shift_brightness(planes, deltas):
 
 def adjust_contrast(planes, factors):
     """As tf.image.adjust_contrast, per image: `(x - mean) * factor + mean`, mean per channel."""
-    mean = tf.reduce_mean(planes, axis=[2, 3], keepdims=True)
+    # The mean as a matrix-vector product: XLA on CPU runs reduce_mean over a plane as scalar
+    # code, several times slower than the (vectorized) product.
+    shape = tf.shape(planes)
+    pixels = shape[2] * shape[3]
+    sums = tf.linalg.matvec(tf.reshape(planes, tf.stack([-1, pixels])), tf.ones(tf.expand_dims(pixels, 0)))
+    mean = tf.reshape(sums / tf.cast(pixels, tf.float32), tf.stack([shape[0], shape[1], 1, 1]))
     return (planes - mean) * _per_image(factors) + mean
 
 
@@ -260,18 +264,182 @@ def gaussian_blur(images, sigmas, radius):
     """Separable Gaussian blur of image b with `sigmas[b]`, SAME size with zero padding.
 
     Zero padding (as the SimCLR reference) darkens a border `radius` pixels wide. The batch is
-    folded into the channels so one depthwise convolution applies every image's own kernel.
+    folded into the channels so one depthwise convolution applies every image's own kernel. Both
+    passes run along the width (the columns pass on the transposed images): on CPU a depthwise
+    convolution along the height is about three times slower than the same along the width.
     """
     def blur():
         shape = tf.shape(images)
         batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
         kernels = tf.repeat(gaussian_kernels(sigmas, radius), channels, axis=0)  # [B*C, K]
-        kernels = tf.transpose(kernels)  # [K, B*C], b-major like the folded channels
+        kernel = tf.transpose(kernels)[tf.newaxis, :, :, tf.newaxis]  # [1, K, B*C, 1], b-major
         folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, batch * channels])
-        for kernel in (kernels[tf.newaxis, :, :, tf.newaxis], kernels[:, tf.newaxis, :, tf.newaxis]):
-            folded = tf.nn.depthwise_conv2d(folded, kernel, [1, 1, 1, 1], "SAME")
-        return tf.transpose(tf.reshape(folded, [height, width, batch, channels]), [2, 0, 1, 3])
+        folded = tf.nn.depthwise_conv2d(folded, kernel, [1, 1, 1, 1], "SAME")  # along rows
+        folded = tf.transpose(folded, [0, 2, 1, 3])  # [1, W, H, B*C]
+        folded = tf.nn.depthwise_conv2d(folded, kernel, [1, 1, 1, 1], "SAME")  # along columns
+        return tf.transpose(tf.reshape(folded, [width, height, batch, channels]), [2, 1, 0, 3])
 
     # A convolution over zero folded channels fails, so an empty batch skips it.
     blurred = tf.cond(tf.shape(images)[0] > 0, blur, lambda: images)
     return tf.ensure_shape(blurred, images.shape)
+
+
+# ----------------------------------------------------------------------------- fused per-image loop
+# Batched element-wise ops stream the whole batch through memory once per op (a 224 px batch of
+# 64 is 38 MB), and the jitter ops are dozens of element-wise ops each. XLA fuses each op into one
+# loop, and a loop over the images keeps each one in the CPU cache through all its steps; each
+# image also runs only the jitter op it draws in each round, and only the images drawn for the
+# blur are blurred.
+
+def fused_augment(images, crop=None, flips=None, jitter=None, grays=None, blurs=None, clip=False,
+                  brightness="scale"):
+    """Crop-resize, flip, color jitter, grayscale and blur of each image, in that order.
+
+    Args:
+      images: `[B, H, W, C]`, float or integer (integers are scaled to [0, 1] as
+        tf.image.convert_image_dtype does).
+      crop: `(row_taps, row_weights, col_taps, col_weights)`, the `resize_taps` of the rows and the
+        columns of each image's crop (from `crop_taps`, which can fold a left-right flip in), or
+        None for no resize.
+      flips: `[B]` bool, left-right flip after the resize (None: no flips).
+      jitter: `(apply [B] bool, factors [B, 4], order [B, 4] int)`, factors in the order
+        brightness, contrast, saturation, hue: image b, if `apply[b]`, goes through the ops
+        `order[b]` (0..3 in that list), each followed by a clip to [0, 1]. C must be 3.
+      grays: `[B]` bool, replace the image by its luma (as `grayscale`); C must be 3.
+      blurs: `(apply [B] bool, kernels [B, K])`, separable blur of image b with the 1-D kernel
+        `kernels[b]` (odd K; SAME size, zero padding, as `gaussian_blur`) where `apply[b]`.
+      clip: clip the result to [0, 1].
+      brightness: "scale" (`scale_brightness`, SimCLR v2) or "shift" (`shift_brightness`).
+
+    Returns float32 `[B, out_H, out_W, C]`, equal to the separate ops to float rounding. Compiled
+    with XLA once per input shape and set of arguments given (about a second); the loop runs on
+    one core, so tf.data's parallel calls keep the others busy.
+    """
+    if brightness not in ("scale", "shift"):
+        raise ValueError(f"brightness must be 'scale' or 'shift', got {brightness!r}.")
+
+    def tensors(parts, *dtypes):
+        return None if parts is None else tuple(tf.cast(p, d) for p, d in zip(parts, dtypes))
+
+    flips = None if flips is None else tf.cast(flips, tf.bool)
+    grays = None if grays is None else tf.cast(grays, tf.bool)
+    return _fused_loop(tf.convert_to_tensor(images),
+                       tensors(crop, tf.int32, tf.float32, tf.int32, tf.float32), flips,
+                       tensors(jitter, tf.bool, tf.float32, tf.int32), grays,
+                       tensors(blurs, tf.bool, tf.float32), clip, brightness)
+
+
+def mirror_taps(taps, weights, flips):
+    """`resize_taps` output reversed along the output axis where `flips[b]` (a mirrored output)."""
+    flips = tf.reshape(tf.convert_to_tensor(flips, tf.bool), [-1, 1, 1])
+    return (tf.where(flips, tf.reverse(taps, [1]), taps),
+            tf.where(flips, tf.reverse(weights, [1]), weights))
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _fused_loop(images, crop, flips, jitter, grays, blurs, clip, brightness):
+    shape = tf.shape(images)
+    out_height, out_width = shape[1], shape[2]
+    if crop is not None:
+        out_height, out_width = tf.shape(crop[0])[1], tf.shape(crop[2])[1]
+
+    def one_image(index):
+        def pick(tensor):
+            return tf.gather(tensor, index)
+
+        image = pick(images)
+        if image.dtype.is_integer:
+            image = tf.cast(image, tf.float32) * (1.0 / image.dtype.max)
+        image = tf.cast(image, tf.float32)
+        if crop is not None:
+            planes = _resized_planes(image, *map(pick, crop), index)
+        else:
+            planes = tf.transpose(image, [2, 0, 1])
+        if flips is not None:
+            planes = tf.cond(pick(flips), lambda: tf.reverse(planes, [2]), lambda: planes)
+        if jitter is not None:
+            planes = _jitter_one(planes, *map(pick, jitter), brightness)
+        if grays is not None:
+            planes = tf.cond(pick(grays), lambda: _luma_planes(planes), lambda: planes)
+        if blurs is not None:
+            kernel = pick(blurs[1])
+            planes = tf.cond(pick(blurs[0]), lambda: _blur_planes(planes, kernel, index), lambda: planes)
+        if clip:
+            planes = tf.clip_by_value(planes, 0.0, 1.0)
+        return tf.transpose(planes, [1, 2, 0])
+
+    def body(index, result):
+        return index + 1, tf.tensor_scatter_nd_update(result, [[index]], one_image(index)[tf.newaxis])
+
+    result = tf.zeros(tf.stack([shape[0], out_height, out_width, shape[3]]), tf.float32)
+    return tf.while_loop(lambda index, _: index < shape[0], body, (0, result))[1]
+
+
+def _materialized(tensor, index):
+    """`tensor`, computed into its own buffer: a conditional is a boundary XLA does not fuse across.
+
+    Used after a transpose: fused into the gather that reads it, the transpose turns that gather's
+    contiguous row reads into one element at a time (about three times slower in all).
+    """
+    return tf.cond(index >= 0, lambda: tensor, lambda: tf.zeros_like(tensor))
+
+
+def _resample_rows(image, taps, weights):
+    """Resize along the first axis: output row o is `sum_t weights[o, t] * image[taps[o, t]]`."""
+    return tf.add_n([weights[:, t, tf.newaxis, tf.newaxis] * tf.gather(image, taps[:, t])
+                     for t in range(taps.shape[1])])
+
+
+def _resized_planes(image, row_taps, row_weights, col_taps, col_weights, index):
+    """One `[H, W, C]` image's crop-resize, as planes `[C, out_H, out_W]`.
+
+    Both passes gather whole rows (contiguous), the second on the transposed first result.
+    """
+    rows = _resample_rows(image, row_taps, row_weights)  # [out_H, W, C]
+    columns = _materialized(tf.transpose(rows, [1, 0, 2]), index)  # [W, out_H, C]
+    columns = _materialized(_resample_rows(columns, col_taps, col_weights), index)  # [out_W, out_H, C]
+    return tf.transpose(columns, [2, 1, 0])
+
+
+def _jitter_one(planes, apply, factors, order, brightness):
+    """One image's jitter (planes `[3, H, W]`): four rounds, each running the op `order[round]`."""
+    functions = (scale_brightness if brightness == "scale" else shift_brightness,
+                 adjust_contrast, adjust_saturation, adjust_hue)
+
+    def one_round(step, planes):
+        branches = [
+                lambda function=function, op=op: tf.clip_by_value(
+                        function(planes[tf.newaxis], factors[op:op + 1])[0], 0.0, 1.0)
+                for op, function in enumerate(functions)
+        ]
+        return step + 1, tf.switch_case(tf.gather(order, step), branches)
+
+    def all_rounds():
+        return tf.while_loop(lambda step, _: step < 4, one_round, (0, planes))[1]
+
+    return tf.cond(apply, all_rounds, lambda: planes)
+
+
+def _luma_planes(planes):
+    red, green, blue = tf.unstack(planes)
+    luma = _LUMA_WEIGHTS[0] * red + _LUMA_WEIGHTS[1] * green + _LUMA_WEIGHTS[2] * blue
+    return tf.stack([luma] * 3)
+
+
+def _blur_planes(planes, kernel, index):
+    """Separable blur of planes `[C, H, W]` with the 1-D `kernel` (odd size), zero padded."""
+    radius = (kernel.shape[0] - 1) // 2
+    for axis in (2, 1):  # along the rows first, as gaussian_blur
+        size = planes.shape[axis] if planes.shape[axis] is not None else tf.shape(planes)[axis]
+        padding = [[0, 0], [0, 0], [0, 0]]
+        padding[axis] = [radius, radius]
+        # Padded in its own buffer, so the sum below reads plain slices (no bounds test per tap).
+        padded = _materialized(tf.pad(planes, padding), index)
+        begin, sizes = [0, 0, 0], [-1, -1, -1]
+        sizes[axis] = size
+        taps = []
+        for offset in range(2 * radius + 1):
+            begin[axis] = offset
+            taps.append(kernel[offset] * tf.slice(padded, begin, sizes))
+        planes = _materialized(tf.add_n(taps), index)
+    return planes

@@ -5,6 +5,7 @@ Every batch-normalization layer is named so that its variable paths contain "bat
 sublayers from shapes in `build()` (no tracing), so building a 795M-parameter ResNet stays cheap.
 """
 import keras
+import tensorflow as tf
 from keras import ops
 
 _register = keras.saving.register_keras_serializable(package="simclr_tf")
@@ -15,9 +16,56 @@ def conv_kernel_initializer():
     return keras.initializers.VarianceScaling(scale=1.0, mode="fan_in", distribution="truncated_normal")
 
 
+@_register
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that runs TensorFlow's fused batch-norm kernel when it can.
+
+    It keeps the Keras class's name on purpose: Keras names a layer's weights in `.weights.h5` files after
+    its class, so checkpoints written with the Keras layer still load.
+
+    Same arguments, variables and results (to float rounding) as the Keras layer, which normalizes
+    in float32 with several element-wise passes, and under a mixed policy first copies its input to
+    float32. The fused kernel takes the input in the compute dtype (bfloat16 under mixed_bfloat16)
+    and keeps the statistics, scale and offset float32; forward and backward are one kernel each.
+    It serves 4-D channels-last inputs without a mask when the batch statistics are this replica's
+    own: `synchronized=False`, or a synchronized (global) layer with one replica in sync. Global BN
+    over several replicas, masks, renorm and other layouts take the Keras path.
+    """
+
+    def _fusable(self, inputs, mask):
+        if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return False
+        if keras.backend.backend() != "tensorflow":
+            return False
+        return not self.synchronized or tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones([channels])
+        offset = self.beta if self.center else tf.zeros([channels])
+        scale, offset = tf.cast(scale, tf.float32), tf.cast(offset, tf.float32)
+        inputs = tf.cast(inputs, self.compute_dtype)
+        if not (training and self.trainable):
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                    inputs, scale, offset, mean=tf.cast(self.moving_mean, tf.float32),
+                    variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+                    is_training=False)
+            return outputs
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, epsilon=self.epsilon, is_training=True)
+        # The kernel returns the unbiased batch variance; Keras averages the biased one.
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
+        return outputs
+
+
 def batch_norm(name, momentum, epsilon, synchronized, zero_gamma=False, center=True):
-    """A BatchNormalization layer; `synchronized=True` gives global (cross-replica) BN."""
-    return keras.layers.BatchNormalization(
+    """A (fused where it can) BatchNormalization layer; `synchronized=True` gives global BN."""
+    return BatchNormalization(
             momentum=momentum, epsilon=epsilon, center=center, synchronized=synchronized,
             gamma_initializer="zeros" if zero_gamma else "ones", name=name)
 
