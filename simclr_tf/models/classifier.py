@@ -11,22 +11,13 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf import optimizers
+from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet  # noqa: F401 (used in the docstring example)
 
 
 def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def classification_metrics(num_classes):
-    """The evaluation metrics every classifier reports (top-5 needs at least 5 classes to mean much)."""
-    return {
-        "supervised_loss": keras.metrics.Mean(name="supervised_loss"),
-        "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
-        "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes),
-                                                                       name="top_5_accuracy"),
-    }
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -113,9 +104,7 @@ class SimCLRClassifier(keras.Model):
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = self(images, training=False)["logits_sup"]
-        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
-        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
-        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        update_classification_metrics(self._eval_metrics, labels, logits)
         return {name: metric.result() for name, metric in self._eval_metrics.items()}
 
     def get_config(self):

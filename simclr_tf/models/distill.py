@@ -8,9 +8,8 @@ with `a = label_weight` and the labelled term over the examples whose label is k
 import keras
 import tensorflow as tf
 
-from simclr_tf import losses
 from simclr_tf import optimizers
-from simclr_tf.models.classifier import classification_metrics
+from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 
 
 def _num_replicas():
@@ -97,9 +96,7 @@ class DistillationModel(keras.Model):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = self.student(images, training=False)["logits_sup"]
         teacher_logits = self.teacher(images, training=False)["logits_sup"]
-        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
-        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
-        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        update_classification_metrics(self._eval_metrics, labels, logits)
         self._eval_metrics["teacher_agreement"].update_state(_agreement(teacher_logits, logits))
         return {name: metric.result() for name, metric in self._eval_metrics.items()}
 

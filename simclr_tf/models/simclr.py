@@ -10,6 +10,7 @@ import tensorflow as tf
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.config import CIFAR_STEM_MAX_SIZE
+from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
 
@@ -62,13 +63,7 @@ class SimCLRModel(keras.Model):
         if num_classes:
             names += ["supervised_loss", "supervised_acc"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self._eval_metrics = {}
-        if num_classes:
-            self._eval_metrics = {
-                "supervised_loss": keras.metrics.Mean(name="supervised_loss"),
-                "top_1_accuracy": keras.metrics.SparseCategoricalAccuracy(name="top_1_accuracy"),
-                "top_5_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy"),
-            }
+        self._eval_metrics = classification_metrics(num_classes) if num_classes else {}
 
     @property
     def metrics(self):
@@ -132,9 +127,7 @@ class SimCLRModel(keras.Model):
             raise ValueError("This model has no linear probe (num_classes=0): there is nothing to "
                              "evaluate. Pretrain with labelled data and lineareval_while_pretraining.")
         logits = self(images, training=False)["logits_sup"]
-        self._eval_metrics["supervised_loss"].update_state(losses.supervised_loss(labels, logits))
-        self._eval_metrics["top_1_accuracy"].update_state(labels, logits)
-        self._eval_metrics["top_5_accuracy"].update_state(labels, logits)
+        update_classification_metrics(self._eval_metrics, labels, logits)
         return {name: metric.result() for name, metric in self._eval_metrics.items()}
 
     def get_config(self):
