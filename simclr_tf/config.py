@@ -25,11 +25,36 @@ REFERENCE_VARIABLE_SCHEMAS = ("?!global_step", "(?!global_step|(?:.*/|^)Momentum
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the problem and the fix."""
+    """A configuration that cannot run; the message names the problem and the fix.
+
+    A `ValueError`, raised by `validate` and by the checks a run makes once it knows its devices and data.
+
+    Example:
+      >>> try:
+      ...     check_batch_divides(100, num_replicas=8)
+      ... except ValueError as error:
+      ...     print(f"{type(error).__name__}: {error}")
+      ConfigError: --train_batch_size=100 does not divide over the 8 replicas; use a multiple of 8, e.g. 96
+      or 104.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """What to train and evaluate on, and how pretraining views are augmented (`--dataset`, ...).
+
+    Each field is the flag of the same name (`python run.py --helpfull` describes them). Two properties
+    follow from the image size as in the paper: `cifar_stem` (a 3x3 stem without max-pool for images of
+    32 px or less) and `blur` (Gaussian blur in the views above 32 px, unless `use_blur` says otherwise).
+
+    Example:
+      >>> data = DataConfig(dataset="builtin_shapes", image_size=32)
+      >>> data.cifar_stem, data.blur
+      (True, False)
+      >>> DataConfig(image_size=224).blur, DataConfig(image_size=224, use_blur=False).blur
+      (True, False)
+    """
+
     dataset: str = "imagenet2012"
     data_dir: Optional[str] = None
     train_split: str = "train"
@@ -59,6 +84,21 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The encoder (`--resnet_depth`, `--width_multiplier`, ...), the projection head and fine-tuning choices.
+
+    Each field is the flag of the same name. `validate` checks the combinations, e.g. that
+    `ft_proj_selector` names a layer the projection head has.
+
+    Example:
+      >>> model = ModelConfig(resnet_depth=18, width_multiplier=0.5, proj_head_mode="linear",
+      ...                     ft_proj_selector=2)
+      >>> validate(Config(model=model, train=TrainConfig(model_dir="/tmp/unused")))
+      Traceback (most recent call last):
+      ...
+      simclr_tf.config.ConfigError: --ft_proj_selector=2 but the linear projection head has 1 layer(s);
+      use a value from -1 to 1.
+    """
+
     resnet_depth: int = 50
     width_multiplier: float = 1.0
     sk_ratio: float = 0.0
@@ -76,6 +116,21 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+    """The optimizer and its learning-rate schedule (`--optimizer`, `--learning_rate`, ...).
+
+    `learning_rate` is the base rate, scaled by the batch size as `learning_rate_scaling` says.
+
+    Example:
+      >>> optim = OptimConfig(optimizer="momentum", learning_rate=0.1)
+      >>> optim.learning_rate_scaling, optim.weight_decay
+      ('linear', 1e-06)
+      >>> validate(Config(optim=OptimConfig(optimizer="sgd"), train=TrainConfig(model_dir="/tmp/unused")))
+      Traceback (most recent call last):
+      ...
+      simclr_tf.config.ConfigError: --optimizer='sgd' is not one of ['lars', 'momentum', 'adam']; pick one
+      of them.
+    """
+
     optimizer: str = "lars"
     learning_rate: float = 0.3
     learning_rate_scaling: str = "linear"
@@ -86,6 +141,24 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """What the run does (`--mode`, `--train_mode`), for how long, where it writes, and the loss settings.
+
+    Training lasts `train_steps` steps, or else `train_epochs` epochs; checkpoints come every
+    `checkpoint_steps` steps, or else every `checkpoint_epochs` epochs (`steps_per_checkpoint`).
+
+    Example:
+      >>> train = TrainConfig(model_dir="/tmp/unused", train_batch_size=256, checkpoint_epochs=2)
+      >>> steps_per_checkpoint(train, num_examples=50000)  # 2 epochs of 195 steps
+      390
+      >>> eval_steps(train, num_eval_examples=10000)  # ceil(10000 / 256)
+      40
+      >>> validate(Config(train=dataclasses.replace(train, grad_accum_steps=3)))
+      Traceback (most recent call last):
+      ...
+      simclr_tf.config.ConfigError: --grad_accum_steps=3 must be a positive divisor of
+      --train_batch_size=256: each step accumulates that many equal micro-batches.
+    """
+
     mode: str = "train"
     train_mode: str = "pretrain"
     model_dir: Optional[str] = None
@@ -119,6 +192,22 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistributeConfig:
+    """Where the run trains: a TPU (`--use_tpu`, `--tpu_name`, ...), or the local GPUs or CPU.
+
+    `cpu_replicas` splits the CPU into that many devices under `MirroredStrategy`, to test distributed
+    code on one machine.
+
+    Example:
+      >>> DistributeConfig(cpu_replicas=2)
+      DistributeConfig(use_tpu=False, tpu_name=None, tpu_zone=None, gcp_project=None, master=None,
+      cpu_replicas=2)
+      >>> validate(Config(train=TrainConfig(model_dir="/tmp/unused"),
+      ...                 distribute=DistributeConfig(tpu_name="my-tpu")))
+      Traceback (most recent call last):
+      ...
+      simclr_tf.config.ConfigError: --tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.
+    """
+
     use_tpu: bool = False
     tpu_name: Optional[str] = None
     tpu_zone: Optional[str] = None
@@ -129,6 +218,28 @@ class DistributeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A whole run's configuration: one frozen section per concern (data, model, optim, train, distribute).
+
+    `run.py` builds it from its flags; in code, give only what differs from the defaults, then `validate`
+    it (`run` does). `to_json` writes what a run saves as `config.json`; `from_dict` reads it back.
+
+    Example:
+      >>> cfg = Config(data=DataConfig(dataset="builtin_shapes", image_size=32),
+      ...              model=ModelConfig(resnet_depth=18, width_multiplier=0.25),
+      ...              train=TrainConfig(model_dir="/tmp/unused", train_batch_size=128, train_epochs=8))
+      >>> validate(cfg) is cfg
+      True
+      >>> cfg.data.cifar_stem, steps_per_checkpoint(cfg.train, num_examples=10000)
+      (True, 78)
+      >>> Config.from_dict(json.loads(cfg.to_json())) == cfg
+      True
+      >>> validate(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mode="serve")))
+      Traceback (most recent call last):
+      ...
+      simclr_tf.config.ConfigError: --mode='serve' is not one of ['train', 'eval', 'train_then_eval',
+      'export', 'convert']; pick one of them.
+    """
+
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -195,6 +306,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"--grad_accum_steps={train.grad_accum_steps} is implemented for pretraining only; remove it for "
             f"--train_mode={train.train_mode}.")
+    if train.random_encoder_baseline and train.train_mode != "pretrain":
+        raise ConfigError(
+            "--random_encoder_baseline compares a pretrained encoder's linear probe with a random encoder's; "
+            f"--train_mode={train.train_mode} trains a classifier, which is evaluated directly. Remove the "
+            "flag (or, for a baseline, run the same command with --checkpoint unset).")
     _positive(train.keep_hub_module_max, "keep_hub_module_max")
     if train.variable_schema is not None and train.variable_schema not in REFERENCE_VARIABLE_SCHEMAS:
         raise ConfigError(

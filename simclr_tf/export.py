@@ -51,6 +51,24 @@ def named_outputs(model, images, training=False):
     `initial_max_pool` without the CIFAR stem, `block_group1`..`block_group4`, `final_avg_pool`),
     `proj_head_input` (the features fed to the projection head), `proj_head_output`, and `logits_sup`
     (the supervised head on the projection head's supervised input) when there is a supervised head.
+
+    Example:
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                     ProjectionHead(num_layers=2, out_dim=8))
+      >>> outputs = named_outputs(model, tf.zeros([2, 16, 16, 3]))
+      >>> for name, value in outputs.items():
+      ...     print(name, value.shape)
+      initial_conv (2, 16, 16, 8)
+      block_group1 (2, 16, 16, 8)
+      block_group2 (2, 8, 8, 16)
+      block_group3 (2, 4, 4, 32)
+      block_group4 (2, 2, 2, 64)
+      final_avg_pool (2, 64)
+      proj_head_input (2, 64)
+      proj_head_output (2, 8)
     """
     outputs = dict(model.encoder.call_with_endpoints(images, training=training))
     features = outputs["final_avg_pool"]
@@ -176,6 +194,24 @@ def export_saved_model(model, export_dir, image_size):
     """Writes the SavedModel, `model.keras`, `encoder.keras` and `simclr_tf_export.json` to `export_dir`.
 
     Returns the names of the exported outputs.
+
+    Example:
+      >>> from simclr_tf.models.classifier import build_classifier
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> pretrained = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                          ProjectionHead(num_layers=2, out_dim=8))
+      >>> _ = pretrained(tf.zeros([1, 16, 16, 3]))  # builds the weights
+      >>> classifier = build_classifier(pretrained, num_classes=10, image_size=16, ft_proj_selector=1)
+      >>> import tempfile
+      >>> export_dir = tempfile.mkdtemp()
+      >>> export_saved_model(classifier, export_dir, image_size=16)
+      ['initial_conv', 'block_group1', 'block_group2', 'block_group3', 'block_group4', 'final_avg_pool',
+       'proj_head_input', 'proj_head_output', 'logits_sup']
+      >>> sorted(os.listdir(export_dir))
+      ['assets', 'encoder.keras', 'fingerprint.pb', 'model.keras', 'saved_model.pb', 'simclr_tf_export.json',
+       'variables']
     """
     if int(image_size) < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size!r}.")
@@ -222,6 +258,22 @@ def export_run(model, model_dir, step, image_size, keep_max):
 
     The export is written to a hidden sibling directory and renamed when complete, so a kill mid-way never
     leaves a partial export under a step's name. Exporting a step again replaces its export.
+
+    Example:
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                     ProjectionHead(num_layers=2, out_dim=8))
+      >>> _ = model(tf.zeros([1, 16, 16, 3]))  # builds the weights
+      >>> import tempfile
+      >>> model_dir = tempfile.mkdtemp()
+      >>> path = export_run(model, model_dir, step=100, image_size=16, keep_max=1)
+      >>> os.path.relpath(path, model_dir)
+      'saved_model/100'
+      >>> path = export_run(model, model_dir, step=200, image_size=16, keep_max=1)  # replaces step 100
+      >>> os.listdir(os.path.join(model_dir, "saved_model"))
+      ['200']
     """
     if keep_max < 1:
         raise ConfigError(f"keep_max (--keep_hub_module_max) must be at least 1, got {keep_max}; set it to "
@@ -265,7 +317,34 @@ def _check_export_dir(path):
 
 
 def load_exported(path):
-    """The `tf.saved_model.load` object of the export at `path`: `obj(images, training=False)` -> dict."""
+    """The `tf.saved_model.load` object of the export at `path`: `obj(images, training=False)` -> dict.
+
+    Example:
+      >>> from simclr_tf.models.classifier import build_classifier
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> pretrained = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                          ProjectionHead(num_layers=2, out_dim=8))
+      >>> _ = pretrained(tf.zeros([1, 16, 16, 3]))  # builds the weights
+      >>> classifier = build_classifier(pretrained, num_classes=10, image_size=16, ft_proj_selector=1)
+      >>> import tempfile
+      >>> export_dir = tempfile.mkdtemp()
+      >>> _ = export_saved_model(classifier, export_dir, image_size=16)
+      >>> exported = load_exported(export_dir)
+      >>> outputs = exported(tf.zeros([2, 16, 16, 3]), training=False)
+      >>> for name in sorted(outputs):
+      ...     print(name, outputs[name].shape)
+      block_group1 (2, 16, 16, 8)
+      block_group2 (2, 8, 8, 16)
+      block_group3 (2, 4, 4, 32)
+      block_group4 (2, 2, 2, 64)
+      final_avg_pool (2, 64)
+      initial_conv (2, 16, 16, 8)
+      logits_sup (2, 10)
+      proj_head_input (2, 64)
+      proj_head_output (2, 64)
+    """
     return tf.saved_model.load(_check_export_dir(path))
 
 
@@ -278,9 +357,20 @@ def keras_layer(path, trainable=True, name=None):
     whatever the global dtype policy is.
 
     Example:
-        inputs = keras.Input([32, 32, 3])
-        features = keras_layer(path)(inputs)["final_avg_pool"]
-        classifier = keras.Model(inputs, keras.layers.Dense(10)(features))
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> pretrained = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                          ProjectionHead(num_layers=2, out_dim=8))
+      >>> _ = pretrained(tf.zeros([1, 16, 16, 3]))  # builds the weights
+      >>> import tempfile
+      >>> export_dir = tempfile.mkdtemp()
+      >>> _ = export_saved_model(pretrained, export_dir, image_size=16)
+      >>> inputs = keras.Input([16, 16, 3])
+      >>> features = keras_layer(export_dir, trainable=False)(inputs)["final_avg_pool"]
+      >>> classifier = keras.Model(inputs, keras.layers.Dense(3)(features))
+      >>> classifier(tf.zeros([2, 16, 16, 3])).shape
+      TensorShape([2, 3])
     """
     return keras.layers.TFSMLayer(
         _check_export_dir(path), call_endpoint=CALL_ENDPOINT,

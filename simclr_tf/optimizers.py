@@ -34,8 +34,16 @@ class LARS(keras.optimizers.Optimizer):
     enters the momentum buffer; otherwise they scale the momentum update.
 
     Example:
+      >>> optimizer = LARS(1.0, weight_decay=1e-6, exclude_from_weight_decay=["bias"])
+      >>> kernel = keras.Variable([3.0, 4.0], name="kernel")
+      >>> bias = keras.Variable([0.5], name="bias")
+      >>> _ = optimizer.apply_gradients([(tf.constant([300.0, 0.0]), kernel), (tf.constant([0.1]), bias)])
 
-    >>> optimizer = LARS(0.1, weight_decay=1e-6, exclude_from_weight_decay=["bias"])
+      The kernel moves by learning_rate * eeta * ||kernel|| = 1.0 * 0.001 * 5, whatever the size of its
+      gradient; the excluded bias takes a plain momentum-SGD step of learning_rate * gradient:
+
+      >>> kernel.numpy().round(4), bias.numpy().round(4)
+      (array([2.995, 4.   ], dtype=float32), array([0.4], dtype=float32))
     """
 
     def __init__(
@@ -173,6 +181,15 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     The peak is `base_learning_rate` scaled by the batch size (`learning_rate_scaling`); the decay
     ends at `total_train_steps(...)`, after which the rate stays 0.
+
+    Example:
+      >>> schedule = WarmUpAndCosineDecay(0.3, num_examples=1000, train_batch_size=256, warmup_epochs=1,
+      ...                                 train_epochs=10)
+      >>> schedule.peak_learning_rate, schedule.warmup_steps, schedule.total_steps
+      (0.3, 3, 40)
+      >>> [round(float(schedule(step)), 4) for step in (0, 1, 2, 3, 20, 40, 50)]
+      [0.0, 0.1, 0.2, 0.3, 0.1691, 0.0, 0.0]
+      >>> optimizer = LARS(schedule)  # an optimizer reads the rate of its current step
     """
 
     def __init__(

@@ -74,7 +74,31 @@ def _load_h5_checkpoint(path):
 
 
 def load_trained_model(path):
-    """The trained Keras model stored at `path` (see the module docstring for the formats)."""
+    """The trained Keras model stored at `path` (see the module docstring for the formats).
+
+    Example:
+      >>> import tempfile
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                     ProjectionHead(num_layers=2, out_dim=8), num_classes=10)
+      >>> images = tf.random.uniform([2, 16, 16, 3])
+      >>> features = model(images)["final_avg_pool"]
+      >>> path = os.path.join(tempfile.mkdtemp(), "pretrained.keras")
+      >>> model.save(path)
+      >>> loaded = load_trained_model(path)
+      >>> type(loaded).__name__, loaded.supervised_head.num_classes
+      ('SimCLRModel', 10)
+      >>> float(tf.reduce_max(tf.abs(loaded(images)["final_avg_pool"] - features)))
+      0.0
+      >>> load_trained_model(os.path.join(tempfile.mkdtemp(), "no_such_run"))
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: --checkpoint .../no_such_run does not exist. Pass a run's model_dir, a
+      ckpt-*.weights.h5 file, an exported SavedModel directory, a .keras file, or a reference checkpoint
+      prefix.
+    """
     path = os.path.expanduser(path)
     if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + ".index"):
         raise FileNotFoundError(

@@ -145,8 +145,38 @@ def load_reference_checkpoint(path, allow_partial=False, architecture=None, ft_p
         image_size: size of the zeros batch the model is built on (default 32 for the CIFAR stem, else 64).
 
     Returns:
-        (model, LoadReport). Raises ValueError naming what is missing unless the load is complete or
-        `allow_partial=True`.
+        (model, LoadReport).
+
+    Raises:
+        FileNotFoundError: `path` holds no checkpoint.
+        ValueError: names what is missing, unless the load is complete or `allow_partial=True`.
+
+    Example:
+        A tiny checkpoint under the reference's TF2 names (what `tf2/run.py` would write for this
+        architecture), made from a simclr_tf model's weights, is read back into an identical model:
+
+        >>> import tempfile
+        >>> source = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+        ...                      ProjectionHead(num_layers=2, out_dim=8), num_classes=10)
+        >>> images = tf.random.uniform([2, 16, 16, 3])
+        >>> expected = source(images, training=False)
+        >>> weights = {name + VALUE_SUFFIX: variable for name, variable, _ in reference_weight_names(source)}
+        >>> prefix = os.path.join(tempfile.mkdtemp(), "ckpt-100")
+        >>> tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(weights), shape_and_slices=[""] * len(weights),
+        ...                   tensors=list(weights.values()))
+        >>> model, report = load_reference_checkpoint(prefix, image_size=16)
+        >>> report.layout, report.complete, report.assigned
+        ('tf2_checkpoint', True, 116)
+        >>> [report.architecture[key] for key in ("depth", "width_multiplier", "cifar_stem", "num_classes")]
+        [18, 0.125, True, 10]
+        >>> outputs = model(images, training=False)
+        >>> all(np.allclose(outputs[name], expected[name], atol=1e-6) for name in expected)
+        True
+        >>> load_reference_checkpoint(os.path.join(tempfile.mkdtemp(), "ckpt-1"))
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No checkpoint at '.../ckpt-1' (no .../ckpt-1.index): pass the checkpoint prefix,
+        its directory, or a SavedModel directory.
     """
     prefix, layout = _resolve(path)
     reader = tf.train.load_checkpoint(prefix)

@@ -216,7 +216,8 @@ def train(ctx: RunContext):
         try:
             ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
                           epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
-                          steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose)
+                          steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose,
+                          shuffle=False)  # the dataset shuffles itself
         except KeyboardInterrupt:
             saved = checkpoints.save_on_interrupt(ctx.model, model_dir, cfg.train.keep_checkpoint_max,
                                                   chief=ctx.chief)
@@ -252,7 +253,7 @@ def evaluate(ctx: RunContext, checkpoint=None):
     result = {name: float(value) for name, value in metrics.items()}
     result.update(global_step=ctx.global_step, checkpoint=checkpoint, eval_split=cfg.data.eval_split,
                   num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
-    if cfg.train.random_encoder_baseline and cfg.train.train_mode == "pretrain":
+    if cfg.train.random_encoder_baseline:  # pretraining only (config.validate)
         result.update(_offline_probes(ctx))
     name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
     if ctx.chief:
@@ -346,7 +347,33 @@ def export(cfg: config_lib.Config):
 
 
 def run(cfg: config_lib.Config):
-    """Runs `cfg.train.mode`; returns the evaluation, export or conversion result when there is one."""
+    """Runs `cfg.train.mode`; returns the evaluation, export or conversion result when there is one.
+
+    Example:
+      Two pretraining steps of a tiny model on the built-in shapes (generated, no download), then the
+      linear probe's evaluation on one test batch:
+
+      >>> import tempfile
+      >>> from simclr_tf.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+      >>> model_dir = tempfile.mkdtemp()
+      >>> cfg = Config(
+      ...     data=DataConfig(dataset="builtin_shapes", eval_split="test", image_size=16, seed=0),
+      ...     model=ModelConfig(resnet_depth=18, width_multiplier=0.125, num_proj_layers=2, proj_out_dim=16),
+      ...     optim=OptimConfig(optimizer="momentum", learning_rate=0.1),
+      ...     train=TrainConfig(mode="train_then_eval", model_dir=model_dir, train_batch_size=8,
+      ...                       train_steps=2, checkpoint_steps=1, eval_batch_size=8, eval_steps=1,
+      ...                       verbose=0, seed=0))
+      >>> result = run(cfg)
+      >>> result["global_step"], result["num_eval_examples"]
+      (2, 8)
+      >>> 0.0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1.0
+      True
+      >>> sorted(os.listdir(model_dir))  # train/ holds the TensorBoard logs, saved_model/ the export
+      ['ckpt-00000001.weights.h5', 'ckpt-00000002.weights.h5', 'config.json', 'model_config.json',
+       'result.json', 'saved_model', 'train']
+      >>> os.listdir(os.path.join(model_dir, "saved_model"))
+      ['2']
+    """
     config_lib.validate(cfg)
     checkpoints.check_writable(cfg.train.model_dir)  # Creates it; a clear error if it cannot be written.
     config_file = os.path.join(cfg.train.model_dir, "config.json")

@@ -98,6 +98,13 @@ def test_selector_that_does_not_fit_the_head_is_refused():
         build_classifier(pretrained_model(num_proj_layers=2), NUM_CLASSES, SIZE, ft_proj_selector=3)
 
 
+def test_unbuilt_pretrained_model_is_refused_with_the_fix():
+    unbuilt = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+                          ProjectionHead(num_layers=2, out_dim=8))
+    with pytest.raises(ValueError, match=r"not built yet.*pretrained\(tf.zeros\(\[1, 16, 16, 3\]\)\)"):
+        build_classifier(unbuilt, NUM_CLASSES, SIZE)
+
+
 def test_fit_learns_and_evaluate_reports_top_k():
     classifier = build_classifier(pretrained_model(), NUM_CLASSES, SIZE, ft_proj_selector=1)
     classifier.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))

@@ -28,6 +28,10 @@ def test_defaults_are_valid_and_match_reference_defaults():
     ({"train": {"model_dir": None}}, "--model_dir is required"),
     ({"train": {"model_dir": "/tmp/x", "train_steps": 0, "train_epochs": 0}}, "--train_steps"),
     ({"distribute": {"tpu_name": "my-tpu"}}, "--use_tpu"),
+    ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "random_encoder_baseline": True}},
+     "Remove the flag"),
+    ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "grad_accum_steps": 2}},
+     "pretraining only"),
     ({"optim": {"optimizer": "sgd"}}, "one of ['lars', 'momentum', 'adam']"),
     ({"train": {"precision": "half"}}, "--precision='half' is not one of ['float32', 'mixed_bfloat16', "
                                        "'mixed_float16', 'auto']"),

@@ -352,6 +352,18 @@ class CenterCropResize(_ImageLayer):
     """Eval transform: central crop keeping `crop_proportion` of the more-cropped side at the
     target aspect ratio, then bicubic resize to (height, width). `crop=False` only resizes.
     Deterministic: `training` and `seed` are accepted and ignored.
+
+    Example:
+      >>> preprocess = CenterCropResize(32, 32)
+      >>> images = tf.random.stateless_uniform([2, 64, 48, 3], seed=[0, 1])
+      >>> print(preprocess(images).shape)  # central 42x42 of each image, resized to 32x32
+      (2, 32, 32, 3)
+      >>> bool(tf.reduce_all(preprocess(images, training=True) == preprocess(images)))
+      True
+      >>> image = tf.zeros([20, 24, 3], tf.uint8)  # one integer image, upsampled
+      >>> resized = CenterCropResize(32, 32, crop=False)(image)
+      >>> print(resized.shape, resized.dtype.name)
+      (32, 32, 3) float32
     """
 
     def __init__(self, height, width, crop_proportion=0.875, crop=True, **kwargs):
@@ -382,6 +394,22 @@ class PretrainAugment(_RandomImageLayer):
     As the reference: the crop's aspect-ratio range is (3/4, 4/3) times width / height;
     `color_jitter_strength <= 0` turns off jitter and grayscale; `crop=False` resizes to
     (height, width) (no-op if already that size); `use_blur` adds the blur (ImageNet setting).
+
+    Example:
+      >>> augmenter = PretrainAugment(height=32, width=32, use_blur=False)
+      >>> images = tf.random.stateless_uniform([4, 40, 48, 3], seed=[0, 1], maxval=256, dtype=tf.int32)
+      >>> images = tf.cast(images, tf.uint8)
+      >>> views = augmenter(images, training=True, seed=[1, 2])
+      >>> print(views.shape, views.dtype.name)
+      (4, 32, 32, 3) float32
+      >>> print(float(tf.reduce_min(views)) >= 0.0, float(tf.reduce_max(views)) <= 1.0)
+      True True
+      >>> bool(tf.reduce_all(augmenter(images, seed=[1, 2]) == views))  # same seed, same views
+      True
+      >>> print(augmenter(images[0], seed=[1, 2]).shape)  # a single image
+      (32, 32, 3)
+      >>> print(augmenter(images, training=False).shape)  # inference: resized only
+      (4, 32, 32, 3)
     """
 
     def __init__(self, height, width, color_jitter_strength=1.0, color_jitter_impl="simclrv2",
@@ -459,7 +487,18 @@ class PretrainAugment(_RandomImageLayer):
 
 @_register
 class FineTuneAugment(PretrainAugment):
-    """Fine-tuning input: random resized crop and flip, no color distortion or blur."""
+    """Fine-tuning input: random resized crop and flip, no color distortion or blur.
+
+    Example:
+      >>> augmenter = FineTuneAugment(height=32, width=32)
+      >>> images = tf.random.stateless_uniform([2, 40, 40, 3], seed=[0, 1])
+      >>> crops = augmenter(images, seed=[3, 4])
+      >>> print(crops.shape, crops.dtype.name)
+      (2, 32, 32, 3) float32
+      >>> gray = tf.fill([2, 40, 40, 3], 0.5)  # colors are kept: a gray image stays gray
+      >>> print(round(float(tf.reduce_max(tf.abs(augmenter(gray, seed=[3, 4]) - 0.5))), 4))
+      0.0
+    """
 
     def __init__(self, height, width, crop=True, flip=True, seed=None, **kwargs):
         super().__init__(height, width, color_jitter_strength=0.0, use_blur=False, crop=crop,
@@ -473,7 +512,22 @@ class FineTuneAugment(PretrainAugment):
 
 
 def two_views(augment_layer, images, seed=None):
-    """Two views `(view1, view2)` of `images`, augmented with two independent sub-seeds of `seed`."""
+    """Two views `(view1, view2)` of `images`, augmented with two independent sub-seeds of `seed`.
+
+    Without `seed`, each view draws a seed from the layer's own seed generator.
+
+    Example:
+      >>> augmenter = PretrainAugment(height=32, width=32, use_blur=False)
+      >>> images = tf.random.stateless_uniform([4, 32, 32, 3], seed=[0, 1])
+      >>> view1, view2 = two_views(augmenter, images, seed=[0, 7])
+      >>> print(view1.shape, view2.shape)
+      (4, 32, 32, 3) (4, 32, 32, 3)
+      >>> bool(tf.reduce_any(view1 != view2))  # two different augmentations of each image
+      True
+      >>> again1, again2 = two_views(augmenter, images, seed=[0, 7])  # same seed, same pair
+      >>> bool(tf.reduce_all(again1 == view1) and tf.reduce_all(again2 == view2))
+      True
+    """
     if seed is None:
         return augment_layer(images), augment_layer(images)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)

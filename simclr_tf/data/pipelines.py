@@ -54,15 +54,28 @@ def eval_preprocessor(data: DataConfig) -> augment.CenterCropResize:
 
 
 def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_context=None, seed=None):
-    """Endless `((view_1, view_2), label)` batches of `batch_size` images in [0, 1]."""
+    """Endless `((view_1, view_2), label)` batches of `batch_size` images in [0, 1].
+
+    Example:
+      >>> from simclr_tf.data.sources import get_source
+      >>> source = get_source("builtin_shapes", builtin_num_examples={"train": 8, "test": 4})
+      >>> data = DataConfig(dataset="builtin_shapes", image_size=32, shuffle_buffer=8)
+      >>> ds = build_pretrain_dataset(source, "train", data, batch_size=4, seed=0)
+      >>> (view_1_spec, view_2_spec), label_spec = ds.element_spec
+      >>> print(view_1_spec.shape, view_2_spec.shape, label_spec.shape, label_spec.dtype.name)
+      (4, 32, 32, 3) (4, 32, 32, 3) (4,) int64
+      >>> (view_1, view_2), labels = next(iter(ds))
+      >>> bool(tf.reduce_any(view_1 != view_2))  # two different augmentations of each image
+      True
+    """
     ds = _shard(source.dataset(split, shuffle_files=True, seed=seed), input_context)
     if data.cache_dataset:
         ds = ds.cache()
     ds = ds.shuffle(data.shuffle_buffer, seed=seed).repeat()
     augmenter = pretrain_augmenter(data)
 
-    def make_views(example, view_seed):
-        views = augment.two_views(augmenter, _to_float(example["image"]), view_seed)
+    def make_views(example, view_seed):  # uint8 in: the augmenter scales while it crops (less to copy)
+        views = augment.two_views(augmenter, example["image"], view_seed)
         return views, example["label"]
 
     if source.info.image_shape is not None:
@@ -98,6 +111,20 @@ def build_finetune_dataset(source, split, data: DataConfig, batch_size, input_co
     the source allows. Unlabelled examples (label -1) are left out, unless `keep_unlabelled` (distillation
     trains on every image): then every image is kept, and with `example_ids` the ones outside the subset
     get label -1. The data repeats before batching, so a subset smaller than a batch still fills batches.
+
+    Example:
+      >>> from simclr_tf.data.sources import get_source
+      >>> source = get_source("builtin_shapes", builtin_num_examples={"train": 8, "test": 4})
+      >>> data = DataConfig(dataset="builtin_shapes", image_size=32, shuffle_buffer=8)
+      >>> ds = build_finetune_dataset(source, "train", data, batch_size=4, seed=0)
+      >>> image_spec, label_spec = ds.element_spec
+      >>> print(image_spec.shape, image_spec.dtype.name, label_spec.shape, label_spec.dtype.name)
+      (4, 32, 32, 3) float32 (4,) int64
+      >>> ids, labels = source.labels_and_ids("train")  # listed without decoding images
+      >>> ds = build_finetune_dataset(source, "train", data, batch_size=4, seed=0, example_ids=ids[:2])
+      >>> images, batch_labels = next(iter(ds))  # two labelled images fill batches of four
+      >>> print(images.shape, set(batch_labels.numpy()) <= set(labels[:2]))
+      (4, 32, 32, 3) True
     """
     if not keep_unlabelled and source.info.num_classes == 0:
         raise ConfigError(f"Dataset {source.info.name!r} has no labels, so it cannot be fine-tuned on; use a "
@@ -109,7 +136,7 @@ def build_finetune_dataset(source, split, data: DataConfig, batch_size, input_co
     augmenter = finetune_augmenter(data)
 
     def augment_images(example, image_seed):
-        return augmenter(_to_float(example["image"]), seed=image_seed), example["label"]
+        return augmenter(example["image"], seed=image_seed), example["label"]
 
     if source.info.image_shape is not None:
         ds = ds.batch(batch_size, drop_remainder=True)
@@ -123,13 +150,27 @@ def build_finetune_dataset(source, split, data: DataConfig, batch_size, input_co
 def sample_views(source, split, data: DataConfig, count, seed=0):
     """Two views of each of the first `count` images of `split`, for summaries (no shuffle buffer)."""
     augmenter = pretrain_augmenter(data)
-    pairs = [augment.two_views(augmenter, _to_float(example["image"]), tf.constant([seed, i], tf.int64))
+    pairs = [augment.two_views(augmenter, example["image"], tf.constant([seed, i], tf.int64))
              for i, example in enumerate(source.dataset(split).take(count))]
     return tuple(tf.stack(views) for views in zip(*pairs))
 
 
 def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None):
-    """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short."""
+    """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short.
+
+    Images of at most 32 px (`data.cifar_stem`) are resized whole, larger ones center-cropped first.
+
+    Example:
+      >>> from simclr_tf.data.sources import get_source
+      >>> source = get_source("builtin_shapes", builtin_num_examples={"train": 8, "test": 5})
+      >>> data = DataConfig(dataset="builtin_shapes", image_size=24)
+      >>> ds = build_eval_dataset(source, "test", data, batch_size=3)
+      >>> image_spec, label_spec = ds.element_spec
+      >>> print(image_spec.shape, image_spec.dtype.name, label_spec.shape)
+      (None, 24, 24, 3) float32 (None,)
+      >>> [images.shape[0] for images, labels in ds]  # every test image once
+      [3, 2]
+    """
     ds = _shard(source.dataset(split, shuffle_files=False), input_context)
     if data.cache_dataset:
         ds = ds.cache()

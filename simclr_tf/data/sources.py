@@ -205,6 +205,33 @@ def get_source(dataset: str, data_dir: str | None = None, train_split: str | Non
     `train_split` and `eval_split` are checked to exist (None skips a check). `data_dir` is where TFDS
     keeps its data; `corrupt_images` ("skip" or "fail") and `holdout_fraction` apply to image folders;
     `builtin_num_examples` ({"train": n, "test": m}) sizes the built-in dataset.
+
+    Example:
+      >>> source = get_source("builtin_shapes", builtin_num_examples={"train": 20, "test": 10})
+      >>> print(source.info.num_classes, source.info.num_examples, source.info.image_shape)
+      10 {'train': 20, 'test': 10} (32, 32, 3)
+      >>> source.class_names[:3]
+      ('disk', 'ring', 'square')
+      >>> example = next(iter(source.dataset("train")))
+      >>> print(sorted(example), example["image"].shape, example["image"].dtype.name)
+      ['id', 'image', 'label'] (32, 32, 3) uint8
+
+      A folder with one subfolder per class; without split subfolders, a fixed share of the files
+      (chosen by a hash of their paths) is held out as the "validation" split:
+
+      >>> import tempfile
+      >>> folder = tempfile.mkdtemp()
+      >>> for class_name in ("cat", "dog"):
+      ...     os.makedirs(os.path.join(folder, class_name))
+      ...     for index in range(3):
+      ...         image = tf.fill([24, 20 + 4 * index, 3], tf.constant(40 * index, tf.uint8))
+      ...         tf.io.write_file(os.path.join(folder, class_name, f"{index}.png"), tf.io.encode_png(image))
+      >>> source = get_source(folder, eval_split="validation", holdout_fraction=0.3)
+      >>> print(source.class_names, source.info.num_examples, source.info.image_shape)
+      ('cat', 'dog') {'train': 5, 'validation': 1} None
+      >>> for example in source.dataset("validation"):  # images keep their own size
+      ...     print(example["id"].numpy().decode(), example["label"].numpy(), example["image"].shape)
+      cat/0.png 0 (24, 20, 3)
     """
     # The built-in and folder sources import ImageSource from this module, so they are imported here.
     from simclr_tf.data import builtin, folders

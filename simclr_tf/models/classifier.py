@@ -148,11 +148,37 @@ def build_classifier(pretrained, num_classes, image_size, ft_proj_selector=0, fi
     loaded released checkpoint, or another classifier). `ft_proj_selector` counts projection layers
     as the flag does: 0 classifies the encoder output, k the output of the k-th layer, -1 the last.
     `bn_overrides` (`global_bn`, `bn_momentum`) set how batch norm runs while fine-tuning.
+
+    Example:
+      >>> from simclr_tf.models.simclr import SimCLRModel
+      >>> pretrained = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+      ...                          ProjectionHead(num_layers=3, out_dim=8))
+      >>> _ = pretrained(tf.zeros([1, 16, 16, 3]))  # builds it (or load trained weights)
+      >>> classifier = build_classifier(pretrained, num_classes=5, image_size=16, ft_proj_selector=1,
+      ...                               fine_tune_after_block=2)
+      >>> outputs = classifier(tf.zeros([2, 16, 16, 3]))
+      >>> {name: tuple(value.shape) for name, value in outputs.items()}
+      {'final_avg_pool': (2, 64), 'proj_head_output': (2, 64), 'logits_sup': (2, 5)}
+      >>> [layer.name for layer in classifier.encoder.layers if layer.trainable]  # stem, groups 1-2 frozen
+      ['block_group3', 'block_group4']
+      >>> len(classifier.projection_head.linear_layers)  # the first of the three projection layers
+      1
+      >>> import numpy as np
+      >>> classifier.encoder is pretrained.encoder  # a copy: fine-tuning leaves `pretrained` as it was
+      False
+      >>> all(np.array_equal(copied, original) for copied, original in
+      ...     zip(classifier.encoder.get_weights(), pretrained.encoder.get_weights()))
+      True
     """
     input_shape = (None, image_size, image_size, 3)
     head = pretrained.projection_head
     if not isinstance(head, ProjectionHead):
         raise TypeError(f"pretrained.projection_head must be a ProjectionHead, got {type(head).__name__}.")
+    if not pretrained.encoder.built:
+        raise ValueError(
+            "build_classifier copies the pretrained weights, but the encoder is not built yet (it has no "
+            "weights). Call the pretrained model on a batch of images first, e.g. "
+            f"pretrained(tf.zeros([1, {image_size}, {image_size}, 3])), or load trained weights into it.")
     try:
         kept = head.num_layers_kept(ft_proj_selector)
     except ValueError as error:

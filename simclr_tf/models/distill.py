@@ -49,6 +49,27 @@ class DistillationModel(keras.Model):
       label_weight: weight of the cross-entropy on known labels; the distillation term gets 1 - it.
 
     `evaluate` reports the student's top-1/top-5 on labelled data and its agreement with the teacher.
+
+    Example:
+      >>> from simclr_tf.models.classifier import SimCLRClassifier
+      >>> from simclr_tf.models.heads import ProjectionHead
+      >>> from simclr_tf.models.resnet import ResNet
+      >>> def classifier(width_multiplier):
+      ...     encoder = ResNet(depth=18, width_multiplier=width_multiplier, cifar_stem=True)
+      ...     head = ProjectionHead(num_layers=2, out_dim=8).truncated(0)
+      ...     model = SimCLRClassifier(encoder, head, num_classes=10)
+      ...     model(tf.zeros([1, 16, 16, 3]))  # builds the weights
+      ...     return model
+      >>> teacher, student = classifier(0.25), classifier(0.125)  # the student is the narrower one
+      >>> distiller = DistillationModel(student, teacher, temperature=1.0, label_weight=0.5)
+      >>> distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+      >>> images = tf.random.uniform([4, 16, 16, 3], seed=0)
+      >>> labels = tf.constant([0, 3, -1, -1])  # -1: unlabelled, only the teacher's term applies
+      >>> logs = distiller.train_on_batch(images, labels, return_dict=True)
+      >>> sorted(logs)
+      ['distill_loss', 'learning_rate', 'loss', 'supervised_loss', 'teacher_agreement', 'weight_decay']
+      >>> len(distiller.trainable_variables) == len(student.trainable_variables)  # the teacher is frozen
+      True
     """
 
     def __init__(self, student, teacher, temperature=1.0, label_weight=0.0, **kwargs):

@@ -81,6 +81,31 @@ class ProjectionHead(keras.layers.Layer):
 
     `layers_kept` (None = all) keeps only the first layers of that specification; `truncated(k)` makes
     such a head for fine-tuning on `hiddens[k]`.
+
+    Example:
+      >>> from keras import random
+      >>> head = ProjectionHead(mode="nonlinear", num_layers=3, out_dim=8, ft_proj_selector=1)
+      >>> features = random.normal([4, 16], seed=0)
+      >>> projection, supervised_input = head(features, training=True)
+      >>> projection.shape, supervised_input.shape  # hiddens[1]: after the first layer, still 16 wide
+      (TensorShape([4, 8]), TensorShape([4, 16]))
+      >>> [layer.name for layer in head.linear_layers], head.num_layers_kept()
+      (['nl_0', 'nl_1', 'nl_2'], 1)
+
+      Fine-tuning keeps only the layers up to the selected hidden, with their weights:
+
+      >>> kept = head.truncated(head.num_layers_kept())
+      >>> len(kept.linear_layers), kept.ft_proj_selector
+      (1, -1)
+      >>> kept_output, _ = kept(features)
+      >>> bool(ops.all(ops.isclose(kept_output, head(features)[1])))
+      True
+
+      The config holds the whole specification, so a head can be rebuilt from it:
+
+      >>> copy = ProjectionHead.from_config(head.get_config())
+      >>> copy.get_config() == head.get_config(), copy.built
+      (True, False)
     """
 
     def __init__(self, mode="nonlinear", num_layers=3, out_dim=128, ft_proj_selector=0, bn_momentum=0.9,
@@ -175,6 +200,16 @@ class SupervisedHead(keras.layers.Layer):
     """Linear classifier (dense with bias, no BN) giving logits.
 
     Named "head_supervised" by default: the optimizer keeps paths matching it out of LARS weight decay.
+
+    Example:
+      >>> head = SupervisedHead(num_classes=10, zero_init=True)
+      >>> logits = head(ops.ones([4, 16]))
+      >>> logits.shape, float(ops.max(ops.abs(logits)))  # a zero-initialized head starts at logits 0
+      (TensorShape([4, 10]), 0.0)
+      >>> [weight.path for weight in head.weights]
+      ['head_supervised/linear_layer/dense/kernel', 'head_supervised/linear_layer/dense/bias']
+      >>> SupervisedHead.from_config(head.get_config()).get_config() == head.get_config()
+      True
     """
 
     def __init__(self, num_classes, zero_init=False, name="head_supervised", **kwargs):

@@ -114,6 +114,30 @@ class ResNet(keras.Model):
 
     Same computation as the reference tf2/resnet.py: with the same weights the outputs are identical, and
     `weights` lists the variables in the reference's order and shapes.
+
+    Example:
+      >>> from keras import random
+      >>> encoder = ResNet(depth=18, width_multiplier=0.125, cifar_stem=True)
+      >>> images = random.uniform([2, 32, 32, 3], seed=0)
+      >>> encoder(images, training=False).shape, encoder.feature_dim
+      (TensorShape([2, 64]), 64)
+      >>> endpoints = encoder.call_with_endpoints(images)  # the CIFAR stem has no max-pool
+      >>> {name: tuple(value.shape) for name, value in endpoints.items()}
+      {'initial_conv': (2, 32, 32, 8), 'block_group1': (2, 32, 32, 8), 'block_group2': (2, 16, 16, 16),
+       'block_group3': (2, 8, 8, 32), 'block_group4': (2, 4, 4, 64), 'final_avg_pool': (2, 64)}
+      >>> [layer.name for layer in encoder.layers_up_to_block(2)]  # frozen by fine_tune_after_block=2
+      ['stem', 'block_group1', 'block_group2']
+
+      The paper's ResNet-50 (1x) has 24M parameters (23.5M trainable, plus batch-norm moving statistics);
+      building it creates the weights without running any image through it:
+
+      >>> from math import prod
+      >>> resnet50 = ResNet(depth=50, width_multiplier=1)
+      >>> resnet50.build((None, 224, 224, 3))
+      >>> resnet50.count_params(), sum(prod(w.shape) for w in resnet50.trainable_weights)
+      (23561152, 23508032)
+      >>> resnet50.feature_dim
+      2048
     """
 
     def __init__(self, depth=50, width_multiplier=1.0, cifar_stem=False, sk_ratio=0.0, se_ratio=0.0,

@@ -155,7 +155,25 @@ class SimCLRModel(keras.Model):
 
 def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
                        optimizer_name, seed=None, grad_accum_steps=1):
-    """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs."""
+    """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs.
+
+    The encoder gets the CIFAR stem for images of `CIFAR_STEM_MAX_SIZE` px or less; `num_classes=0`
+    leaves out the online linear probe. `seed` seeds Keras before the weights are made.
+
+    Example:
+      >>> from simclr_tf.config import Config, ModelConfig
+      >>> cfg = Config(model=ModelConfig(resnet_depth=18, width_multiplier=0.125, num_proj_layers=2,
+      ...                                proj_out_dim=8))
+      >>> model = build_simclr_model(cfg.model, image_size=32, num_classes=10,
+      ...                            temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
+      ...                            weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer,
+      ...                            seed=0)
+      >>> model.built, model.encoder.name, model.encoder.cifar_stem
+      (True, 'resnet18', True)
+      >>> outputs = model(tf.zeros([2, 32, 32, 3]))
+      >>> {name: tuple(value.shape) for name, value in outputs.items()}
+      {'final_avg_pool': (2, 64), 'proj_head_output': (2, 8), 'logits_sup': (2, 10)}
+    """
     if seed is not None:
         keras.utils.set_random_seed(seed)
     encoder = ResNet(
