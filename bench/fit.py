@@ -12,7 +12,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from simclr_tf.config import DataConfig, ModelConfig  # noqa: E402
 from simclr_tf.data import pipelines  # noqa: E402

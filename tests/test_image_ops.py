@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.data import image_ops
+from simclr_tf.data import fused_loop, image_ops
 
 RNG = np.random.default_rng(0)
 # Three random images plus a gray one (zero chroma is an edge case of the HSV ops).
@@ -31,7 +31,7 @@ def through_planes(function, images, values):
 @pytest.mark.parametrize("size", [(32, 32), (7, 40), (50, 12)])
 def test_crop_and_resize_matches_tf_image_resize(method, size):
     boxes = np.array([[0, 0, 23, 31], [3, 5, 11, 17], [20, 28, 3, 3], [4, 0, 19, 1]], np.int32)
-    got = image_ops.crop_and_resize(tf.constant(IMAGES), boxes, *size, method=method).numpy()
+    got = fused_loop.crop_and_resize(tf.constant(IMAGES), boxes, *size, method=method).numpy()
     want = np.stack([
             tf.image.resize(tf.image.crop_to_bounding_box(image, *box), size, method=method).numpy()
             for image, box in zip(IMAGES, boxes)
@@ -204,10 +204,10 @@ def jitter_with_separate_ops(images, apply, factors, orders, brightness=image_op
 
 def test_fused_jitter_runs_each_images_ops_in_its_order():
     apply = np.array([True, True, False, True])
-    got = image_ops.fused_augment(IMAGES, jitter=(apply, FACTORS, ORDERS)).numpy()
+    got = fused_loop.fused_augment(IMAGES, jitter=(apply, FACTORS, ORDERS)).numpy()
     np.testing.assert_allclose(got, jitter_with_separate_ops(IMAGES, apply, FACTORS, ORDERS), atol=1e-5)
     np.testing.assert_array_equal(got[2], IMAGES[2])  # not applied: untouched
-    shifted = image_ops.fused_augment(IMAGES, jitter=(apply, FACTORS - [1, 0, 0, 0], ORDERS),
+    shifted = fused_loop.fused_augment(IMAGES, jitter=(apply, FACTORS - [1, 0, 0, 0], ORDERS),
                                       brightness="shift").numpy()
     want = jitter_with_separate_ops(IMAGES, apply, FACTORS - [1, 0, 0, 0], ORDERS, image_ops.shift_brightness)
     np.testing.assert_allclose(shifted, want, atol=1e-5)
@@ -218,7 +218,7 @@ def test_fused_crop_flip_gray_blur_and_clip_equal_the_separate_ops():
     flips = np.array([True, False, True, False])
     grays = np.array([False, True, True, False])
     blurs = (np.array([True, True, False, True]), image_ops.gaussian_kernels([0.5, 1.0, 1.5, 2.0], 2))
-    got = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 16, 20), flips, grays=grays,
+    got = fused_loop.fused_augment(IMAGES, image_ops.crop_taps(boxes, 16, 20), flips, grays=grays,
                                   blurs=blurs, clip=True).numpy()
     want = np.stack([
             tf.image.resize(tf.image.crop_to_bounding_box(image, *box), (16, 20), method="bicubic").numpy()
@@ -233,14 +233,14 @@ def test_fused_crop_flip_gray_blur_and_clip_equal_the_separate_ops():
 def test_mirrored_taps_flip_the_output_exactly():
     boxes = np.array([[0, 0, 23, 31], [3, 5, 11, 17], [2, 8, 13, 3], [4, 0, 19, 2]], np.int32)
     flips = np.array([True, False, True, True])
-    plain = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14)).numpy()
-    mirrored = image_ops.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14, flips=flips)).numpy()
+    plain = fused_loop.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14)).numpy()
+    mirrored = fused_loop.fused_augment(IMAGES, image_ops.crop_taps(boxes, 9, 14, flips=flips)).numpy()
     np.testing.assert_array_equal(mirrored, np.where(flips[:, None, None, None], plain[:, :, ::-1], plain))
 
 
 def test_fused_takes_integer_images_and_gives_float32():
     as_uint8 = (IMAGES * 255).astype(np.uint8)
-    got = image_ops.fused_augment(as_uint8)
+    got = fused_loop.fused_augment(as_uint8)
     assert got.dtype == tf.float32
     np.testing.assert_array_equal(got, tf.image.convert_image_dtype(as_uint8, tf.float32))
 
@@ -250,15 +250,15 @@ def test_fused_is_the_same_eagerly_and_in_tf_data():
                      jitter=(np.ones(4, bool), FACTORS, ORDERS), grays=[True, False, False, True],
                      blurs=([True, False, True, True], image_ops.gaussian_kernels([0.5, 1, 1.5, 2], 1)),
                      clip=True)
-    eager = image_ops.fused_augment(IMAGES, **arguments).numpy()
-    dataset = tf.data.Dataset.from_tensors(IMAGES).map(lambda x: image_ops.fused_augment(x, **arguments))
+    eager = fused_loop.fused_augment(IMAGES, **arguments).numpy()
+    dataset = tf.data.Dataset.from_tensors(IMAGES).map(lambda x: fused_loop.fused_augment(x, **arguments))
     np.testing.assert_array_equal(next(iter(dataset)).numpy(), eager)
     # A batch size unknown while tracing is compiled for each size met (here 3, then 1).
     unbatched = tf.data.Dataset.from_tensor_slices(IMAGES).batch(3)
-    mapped = [x.numpy() for x in unbatched.map(lambda x: image_ops.fused_augment(x, clip=True))]
+    mapped = [x.numpy() for x in unbatched.map(lambda x: fused_loop.fused_augment(x, clip=True))]
     np.testing.assert_array_equal(np.concatenate(mapped), np.clip(IMAGES, 0, 1))
 
 
 def test_fused_rejects_an_unknown_brightness_op():
     with pytest.raises(ValueError, match="scale"):
-        image_ops.fused_augment(IMAGES, brightness="add")
+        fused_loop.fused_augment(IMAGES, brightness="add")

@@ -13,7 +13,7 @@ reproducible pipelines pass explicit seeds (e.g. from `Dataset.enumerate()` or
 With `training=False` random layers return their input (the crop layer resizes it instead, so
 the output size is the same in both modes).
 
-Speed: a batch (static batch size other than 1) runs through `image_ops.fused_augment`, an
+Speed: a batch (static batch size other than 1) runs through `fused_loop.fused_augment`, an
 XLA-compiled loop that takes one image at a time through crop-resize, flip, jitter, grayscale and
 blur (compiled once per input shape, about a second); a single image, or a batch of one, runs the
 separate batched ops, which suit one image of any size. Both compute the same formulas from the
@@ -23,7 +23,7 @@ eagerly and in tf.data.
 import keras
 import tensorflow as tf
 
-from simclr_tf.data import image_ops
+from simclr_tf.data import fused_loop, image_ops
 
 _register = keras.saving.register_keras_serializable(package="simclr_tf")
 
@@ -144,7 +144,7 @@ class RandomResizedCrop(_RandomImageLayer):
         shape = tf.shape(images)
         boxes = self.sample_boxes(shape[0], shape[1], shape[2], seed)
         if _fused(images):
-            crops = image_ops.fused_augment(images, self.crop_taps(boxes))
+            crops = fused_loop.fused_augment(images, self.crop_taps(boxes))
         else:  # one image, any size: slicing then resizing is much cheaper
             crop = tf.image.crop_to_bounding_box(images, *tf.unstack(boxes[0]))
             crops = tf.image.resize(crop, (self.height, self.width), method=self.interpolation)
@@ -241,7 +241,7 @@ class ColorJitter(_RandomImageLayer):
     def apply_factors(self, images, factors):
         """Jitters the images where `factors["apply"]`, with their factors, in their op order."""
         if _fused(images):
-            return image_ops.fused_augment(images, jitter=self.fused_jitter(factors),
+            return fused_loop.fused_augment(images, jitter=self.fused_jitter(factors),
                                            brightness=self.brightness_op)
         planes = image_ops.to_planes(images)
         brightness = (image_ops.scale_brightness if self.impl == "simclrv2"
@@ -335,7 +335,7 @@ class RandomGaussianBlur(_RandomImageLayer):
     def _augment(self, images, seed):
         if _fused(images):
             blurs = self.fused_blurs(tf.shape(images)[0], images.shape[1], seed)
-            return image_ops.fused_augment(images, blurs=blurs)
+            return fused_loop.fused_augment(images, blurs=blurs)
         radius = self.radius(images.shape[1])
         blur, sigmas = self.sample_sigmas(tf.shape(images)[0], seed)
         return _apply_to_selected(
@@ -452,7 +452,7 @@ class PretrainAugment(_RandomImageLayer):
             grays = self.grayscale_layer.sample_grays(shape[0], _fold(seed, 3))
         if self.use_blur:
             blurs = self.blur_layer.fused_blurs(shape[0], self.height, _fold(seed, 4))
-        views = image_ops.fused_augment(images, crop_taps, flips, jitter, grays, blurs, clip=True,
+        views = fused_loop.fused_augment(images, crop_taps, flips, jitter, grays, blurs, clip=True,
                                         brightness=self.jitter_layer.brightness_op)
         return tf.ensure_shape(views, [images.shape[0], self.height, self.width, images.shape[3]])
 
