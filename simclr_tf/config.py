@@ -311,7 +311,12 @@ def validate(cfg: Config) -> Config:
             "--random_encoder_baseline compares a pretrained encoder's linear probe with a random encoder's; "
             f"--train_mode={train.train_mode} trains a classifier, which is evaluated directly. Remove the "
             "flag (or, for a baseline, run the same command with --checkpoint unset).")
-    _positive(train.keep_hub_module_max, "keep_hub_module_max")
+    writes_an_export = train.mode in ("export", "convert")
+    if train.keep_hub_module_max < 0 or (train.keep_hub_module_max == 0 and writes_an_export):
+        raise ConfigError(
+            f"--keep_hub_module_max={train.keep_hub_module_max} with --mode={train.mode}: it is the number "
+            "of SavedModel exports to keep (0: training writes none); --mode=export and --mode=convert "
+            "write one, so set it to 1 or more.")
     if train.variable_schema is not None and train.variable_schema not in REFERENCE_VARIABLE_SCHEMAS:
         raise ConfigError(
             f"--variable_schema={train.variable_schema!r} is not needed here: simclr_tf restores the encoder "

@@ -102,7 +102,8 @@ _FLAG_HELP = [
                                   "epochs and the schedule unchanged. NT-Xent negatives and batch-norm "
                                   "statistics come only from within a micro-batch, so it is not a bigger "
                                   "contrastive batch. Pretraining only."),
-    ("train", "keep_hub_module_max", "SavedModel exports (model_dir/saved_model/<step>) to keep."),
+    ("train", "keep_hub_module_max", "SavedModel exports (model_dir/saved_model/<step>) to keep; training "
+                                     "exports when it ends, unless this is 0."),
     ("train", "teacher_checkpoint", "Distillation: the fine-tuned teacher (a fine-tuning run's "
                                     "checkpoint, .keras file or exported SavedModel, or a released "
                                     "fine-tuned checkpoint)."),

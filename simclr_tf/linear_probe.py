@@ -11,8 +11,9 @@ import tensorflow as tf
 
 def extract_features(encoder, dataset, max_batches=None):
     """`(features [N, D], labels [N])` of `(images, labels)` batches, encoder in inference mode."""
+    image_spec = dataset.element_spec[0]  # any batch size: one trace, the short last batch included
 
-    @tf.function
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)])
     def embed(images):
         return encoder(images, training=False)
 

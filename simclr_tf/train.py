@@ -178,7 +178,8 @@ def _start_pretraining_from(model, path):
 
 
 def train(ctx: RunContext):
-    """Trains to `total_steps`, resuming from the newest checkpoint in model_dir; exports at the end."""
+    """Trains to `total_steps`, resuming from the newest checkpoint in model_dir; exports at the end
+    (unless --keep_hub_module_max=0). Returns the export's path, or None."""
     cfg = ctx.cfg
     model_dir = cfg.train.model_dir
     latest = checkpoints.latest_checkpoint(model_dir)
@@ -225,7 +226,7 @@ def train(ctx: RunContext):
             logging.warning("Interrupted at step %d%s; the newest checkpoint is %s.", ctx.global_step,
                             f", saved as {saved}" if saved else "", latest[1] if latest else "none")
             raise
-    if not ctx.chief:
+    if not ctx.chief or cfg.train.keep_hub_module_max == 0:
         return None
     return export_lib.export_run(ctx.task.model_to_export(ctx.model), model_dir, ctx.global_step,
                                  cfg.data.image_size, cfg.train.keep_hub_module_max)

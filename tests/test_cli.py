@@ -202,7 +202,8 @@ def flag_file_image_size(flag_file):
 @pytest.mark.slow
 @pytest.mark.parametrize("flag_file", FLAG_FILES)
 def test_every_flag_file_runs_a_step(tmp_path, flag_file, pretrained_run, finetuned_run):
-    """Each flag file, with its data and sizes made tiny, trains a step and evaluates."""
+    """Each flag file, with its data and sizes made tiny, trains a step and evaluates (no export: the
+    export of each architecture is tested in test_export.py, and it is the slowest part of a tiny run)."""
     train_mode = flag_file_train_mode(flag_file)
     starts = {"pretrain": [], "finetune": [f"--checkpoint={pretrained_run}"],
               "distill": [f"--teacher_checkpoint={finetuned_run[0]}"]}[train_mode]
@@ -213,6 +214,8 @@ def test_every_flag_file_runs_a_step(tmp_path, flag_file, pretrained_run, finetu
                    "--dataset=builtin_shapes", "--eval_split=test", "--width_multiplier=0.0625",
                    f"--image_size={size}",
                    "--train_batch_size=8", "--train_steps=1", "--eval_batch_size=8", "--eval_steps=1",
-                   "--norandom_encoder_baseline", "--verbose=0", f"--model_dir={tmp_path}", *starts)
+                   "--norandom_encoder_baseline", "--keep_hub_module_max=0", "--verbose=0",
+                   f"--model_dir={tmp_path}", *starts)
     assert "on test: top-1" in proc.stdout
     assert checkpoint_steps(str(tmp_path)) == [1]
+    assert not os.path.exists(os.path.join(tmp_path, "saved_model"))

@@ -32,6 +32,7 @@ def test_defaults_are_valid_and_match_reference_defaults():
      "Remove the flag"),
     ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "grad_accum_steps": 2}},
      "pretraining only"),
+    ({"train": {"model_dir": "/tmp/x", "mode": "export", "keep_hub_module_max": 0}}, "set it to 1 or more"),
     ({"optim": {"optimizer": "sgd"}}, "one of ['lars', 'momentum', 'adam']"),
     ({"train": {"precision": "half"}}, "--precision='half' is not one of ['float32', 'mixed_bfloat16', "
                                        "'mixed_float16', 'auto']"),
@@ -40,6 +41,11 @@ def test_invalid_combinations_are_refused_with_the_fix(sections, fragment):
     with pytest.raises(config_lib.ConfigError, match=None) as error:
         config_lib.validate(make(**sections))
     assert fragment in str(error.value)
+
+
+def test_no_export_is_a_valid_choice_for_training():
+    cfg = config_lib.validate(make(train={"model_dir": "/tmp/x", "keep_hub_module_max": 0}))
+    assert cfg.train.keep_hub_module_max == 0
 
 
 def test_batch_must_divide_over_replicas():

@@ -121,6 +121,20 @@ def test_every_loading_route_gives_the_model_outputs(exported, kind, caplog):
     assert metadata["keras_version"] == keras.__version__
 
 
+def test_selective_kernel_and_squeeze_excite_encoders_export(tmp_path):
+    """SimCLR v2's selective kernels and squeeze-excitation, with the ImageNet (ResNet-D) stem."""
+    keras.utils.set_random_seed(0)
+    encoder = ResNet(depth=18, width_multiplier=0.125, sk_ratio=0.0625, se_ratio=0.25, global_bn=False)
+    model = SimCLRModel(encoder, ProjectionHead(num_layers=2, out_dim=8), num_classes=NUM_CLASSES)
+    model(tf.zeros([1, SIZE, SIZE, 3]))
+    perturb_weights(model, 0)
+    path = str(tmp_path / "export")
+    export.export_saved_model(model, path, SIZE)
+    x = images(4)
+    loaded = export.load_exported(path)
+    assert max_abs_difference(loaded(x, training=False), export.named_outputs(model, x)) <= ATOL
+
+
 def test_keras_files_reload_with_equal_outputs(exported):
     model, path = exported["probe"]
     x = images(3)
