@@ -241,3 +241,32 @@ def _tiny_run_model():
     schedule = optimizers.WarmUpAndCosineDecay(0.5, 10000, 16, warmup_epochs=0, train_steps=15)
     model.compile(optimizer=optimizers.build_optimizer("lars", schedule, weight_decay=1e-6))
     return model
+
+
+@pytest.mark.slow
+def test_two_workers_evaluate_the_whole_split_as_one_process_does(tmp_path):
+    """--mode=eval under MultiWorkerMirroredStrategy: each worker reads half of the test split (2,000
+    images, uneven last batches included) and the metrics, summed over workers, equal one process's."""
+    model_dir = str(tmp_path / "run")
+    common = [sys.executable, "run.py", f"--model_dir={model_dir}", *TINY, "--global_bn=false"]
+    subprocess.run([*common, "--mode=train", "--train_steps=2", "--keep_hub_module_max=0"], cwd=REPO,
+                   check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    whole_split = ["--mode=eval", "--eval_steps=0", "--eval_batch_size=96"]
+    ports = free_ports(2)
+    logs = [tmp_path / f"eval{index}.log" for index in range(2)]
+    workers = [start_worker([*common, *whole_split, "--eval_name=workers"], ports, index, logs[index])
+               for index in range(2)]
+    try:
+        subprocess.run([*common, *whole_split, "--eval_name=one_process"], cwd=REPO, check=True,
+                       capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    finally:
+        codes = wait_all(workers, timeout=300)
+    assert codes == [0, 0], [open(log).read()[-3000:] for log in logs]
+    with open(os.path.join(model_dir, "result_workers.json")) as f:
+        workers_result = json.load(f)
+    with open(os.path.join(model_dir, "result_one_process.json")) as f:
+        one_process = json.load(f)
+    assert workers_result["num_eval_examples"] == one_process["num_eval_examples"] == 2000
+    for name in ("top_1_accuracy", "top_5_accuracy", "supervised_loss"):
+        assert workers_result[name] == pytest.approx(one_process[name], rel=1e-5), name
+    assert 0 < one_process["top_5_accuracy"] < 1  # not a degenerate case where any split would agree
