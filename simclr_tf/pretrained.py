@@ -38,11 +38,17 @@ def write_model_config(model, model_dir, image_size):
     return path
 
 
-def model_from_config_file(path):
-    """(unbuilt-weights model, image_size) from a `model_config.json`; the model is built on zeros."""
+def model_from_config_file(path, compile=True):
+    """(unbuilt-weights model, image_size) from a `model_config.json`; the model is built on zeros.
+
+    With `compile=False` the model has no optimizer: loading a checkpoint into it reads the weights and
+    leaves the saved optimizer state aside (without Keras's warning that it does not fit).
+    """
     with open(path) as f:
         payload = json.load(f)
-    model = keras.saving.deserialize_keras_object(payload["model"])
+    config = payload["model"] if compile else {k: v for k, v in payload["model"].items()
+                                                if k != "compile_config"}
+    model = keras.saving.deserialize_keras_object(config)
     size = payload["image_size"]
     model(tf.zeros([1, size, size, 3]), training=False)
     return model, size
@@ -68,7 +74,7 @@ def _load_h5_checkpoint(path):
             f"{path} is a simclr_tf checkpoint but {config_file} is missing, so the model it belongs to "
             "cannot be rebuilt. Keep the checkpoint in its run's model_dir (every run writes "
             f"{MODEL_CONFIG_FILE} there), or pass the run's exported SavedModel or a .keras file.")
-    model, _ = model_from_config_file(config_file)
+    model, _ = model_from_config_file(config_file, compile=False)
     model.load_weights(path)
     return model
 

@@ -331,7 +331,7 @@ def export(cfg: config_lib.Config):
     latest = checkpoints.latest_checkpoint(model_dir)
     config_file = os.path.join(model_dir, pretrained.MODEL_CONFIG_FILE)
     if latest and os.path.isfile(config_file):
-        model, image_size = pretrained.model_from_config_file(config_file)
+        model, image_size = pretrained.model_from_config_file(config_file, compile=False)
         model.load_weights(latest[1])
         step, source = latest
     elif cfg.train.checkpoint:

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -162,6 +163,14 @@ def test_distill_from_the_finetuned_run_then_export_on_demand(finetuned_run, tmp
     result = json.load(open(os.path.join(model_dir, "result.json")))
     assert 0.0 <= result["teacher_agreement"] <= 1.0
     assert os.path.isdir(os.path.join(model_dir, "saved_model", "4"))
+    # The teacher never trains, so it is loaded without an optimizer; the student loads cleanly.
+    from simclr_tf.pretrained import load_trained_model
+    assert "Skipping variable loading" not in proc.stderr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        student = load_trained_model(model_dir)
+    assert type(student).__name__ == "SimCLRClassifier"
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
 
     # --mode=export of another run's newest checkpoint.
     export_dir = str(tmp_path / "export")
