@@ -337,6 +337,11 @@ def validate(cfg: Config) -> Config:
                           "(a checkpoint prefix, a directory of checkpoints, or a SavedModel/TF-Hub folder).")
     if not train.model_dir:
         raise ConfigError("--model_dir is required: checkpoints, config.json and result.json go there.")
+    if "://" in train.model_dir:
+        raise ConfigError(
+            f"--model_dir={train.model_dir} is a remote URL, and simclr_tf writes checkpoints, exports and "
+            "results with local file operations (it would create a local folder named like the URL). Use a "
+            "local directory, or mount the bucket (e.g. with gcsfuse) and pass the mounted path.")
     if cfg.distribute.tpu_name and not cfg.distribute.use_tpu:
         raise ConfigError("--tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.")
     return cfg

@@ -26,6 +26,7 @@ def test_defaults_are_valid_and_match_reference_defaults():
     ({"model": {"resnet_depth": 42}}, "--resnet_depth=42"),
     ({"model": {"proj_head_mode": "linear", "ft_proj_selector": 2}}, "from -1 to 1"),
     ({"train": {"model_dir": None}}, "--model_dir is required"),
+    ({"train": {"model_dir": "gs://bucket/run"}}, "mount the bucket"),
     ({"train": {"model_dir": "/tmp/x", "train_steps": 0, "train_epochs": 0}}, "--train_steps"),
     ({"distribute": {"tpu_name": "my-tpu"}}, "--use_tpu"),
     ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "random_encoder_baseline": True}},
