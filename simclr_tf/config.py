@@ -302,10 +302,6 @@ def validate(cfg: Config) -> Config:
             f"--grad_accum_steps={train.grad_accum_steps} must be a positive divisor of "
             f"--train_batch_size={train.train_batch_size}: each step accumulates that many equal "
             "micro-batches.")
-    if train.grad_accum_steps > 1 and train.train_mode != "pretrain":
-        raise ConfigError(
-            f"--grad_accum_steps={train.grad_accum_steps} is implemented for pretraining only; remove it for "
-            f"--train_mode={train.train_mode}.")
     if train.random_encoder_baseline and train.train_mode != "pretrain":
         raise ConfigError(
             "--random_encoder_baseline compares a pretrained encoder's linear probe with a random encoder's; "

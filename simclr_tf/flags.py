@@ -101,7 +101,7 @@ _FLAG_HELP = [
                                   "one step: the activation memory of a k times smaller batch, with steps, "
                                   "epochs and the schedule unchanged. NT-Xent negatives and batch-norm "
                                   "statistics come only from within a micro-batch, so it is not a bigger "
-                                  "contrastive batch. Pretraining only."),
+                                  "contrastive batch. Pretraining, fine-tuning and distillation."),
     ("train", "keep_hub_module_max", "SavedModel exports (model_dir/saved_model/<step>) to keep; training "
                                      "exports when it ends, unless this is 0."),
     ("train", "teacher_checkpoint", "Distillation: the fine-tuned teacher (a fine-tuning run's "

@@ -109,6 +109,7 @@ class _ClassifierTask(Task):
             fine_tune_after_block=cfg.model.fine_tune_after_block,
             zero_init_logits_layer=cfg.model.zero_init_logits_layer,
             weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer,
+            grad_accum_steps=cfg.train.grad_accum_steps,
             global_bn=cfg.model.global_bn, bn_momentum=cfg.model.batch_norm_decay)
 
     def train_dataset(self, strategy):
@@ -136,7 +137,8 @@ class DistillTask(_ClassifierTask):
         teacher = pretrained_lib.load_teacher(cfg.train.teacher_checkpoint, self.source.info.num_classes)
         student = self.build_classifier()
         model = DistillationModel(student, teacher, temperature=cfg.train.distill_temperature,
-                                  label_weight=cfg.train.distill_label_weight)
+                                  label_weight=cfg.train.distill_label_weight,
+                                  grad_accum_steps=cfg.train.grad_accum_steps)
         return model
 
     def model_to_export(self, model):

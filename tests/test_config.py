@@ -31,8 +31,6 @@ def test_defaults_are_valid_and_match_reference_defaults():
     ({"distribute": {"tpu_name": "my-tpu"}}, "--use_tpu"),
     ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "random_encoder_baseline": True}},
      "Remove the flag"),
-    ({"train": {"model_dir": "/tmp/x", "train_mode": "finetune", "grad_accum_steps": 2}},
-     "pretraining only"),
     ({"train": {"model_dir": "/tmp/x", "mode": "export", "keep_hub_module_max": 0}}, "set it to 1 or more"),
     ({"optim": {"optimizer": "sgd"}}, "one of ['lars', 'momentum', 'adam']"),
     ({"train": {"precision": "half"}}, "--precision='half' is not one of ['float32', 'mixed_bfloat16', "

@@ -210,3 +210,56 @@ def test_simclr_accumulates_micro_batches_with_their_own_negatives():
         assert np.isfinite(logs["loss"])
     assert int(model.optimizer.iterations.numpy()) == 3
     assert any(np.max(np.abs(b - a.numpy())) > 1e-4 for b, a in zip(before, model.trainable_weights))
+
+
+def frozen_encoder_classifier(grad_accum_steps, width_multiplier=0.125, seed=0):
+    """A classifier whose only trainable layer is the linear head: nothing couples the examples (the encoder's
+    batch norms run in inference mode), so k micro-batches must make exactly the full batch's update."""
+    from simclr_tf.models.classifier import SimCLRClassifier
+
+    keras.utils.set_random_seed(seed)
+    encoder = ResNet(depth=18, width_multiplier=width_multiplier, cifar_stem=True)
+    model = SimCLRClassifier(encoder, ProjectionHead(num_layers=2, out_dim=8).truncated(0), num_classes=4,
+                             fine_tune_after_block=4, grad_accum_steps=grad_accum_steps)
+    model(tf.zeros([1, 16, 16, 3]))
+    return model
+
+
+def images_and_labels(batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, 16, 16, 3), dtype=np.float32), rng.integers(0, 4, batch)
+
+
+def trained_head(make_model, grad_accum_steps):
+    model = make_model(grad_accum_steps)
+    model.compile(optimizer=optimizers.build_optimizer("momentum", 0.5))
+    images, labels = images_and_labels()
+    logs = [model.train_on_batch(images, labels, return_dict=True) for _ in range(STEPS)]
+    return [w.numpy() for w in model.trainable_weights], logs[-1]
+
+
+def test_fine_tuning_accumulates_to_the_full_batch_update():
+    full, full_logs = trained_head(frozen_encoder_classifier, 1)
+    accumulated, logs = trained_head(frozen_encoder_classifier, 4)
+    assert frozen_encoder_classifier(4).get_config()["grad_accum_steps"] == 4
+    assert np.max(np.abs(full[0] - frozen_encoder_classifier(1).trainable_weights[0].numpy())) > 1e-3
+    for a, b in zip(accumulated, full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logs["supervised_loss"], full_logs["supervised_loss"], rtol=1e-5)
+
+
+def test_distillation_accumulates_to_the_full_batch_update():
+    from simclr_tf.models.distill import DistillationModel
+
+    teacher = frozen_encoder_classifier(1, width_multiplier=0.25, seed=1)
+
+    def distiller(grad_accum_steps):
+        return DistillationModel(frozen_encoder_classifier(1), teacher, temperature=2.0,
+                                 grad_accum_steps=grad_accum_steps)
+
+    full, full_logs = trained_head(distiller, 1)
+    accumulated, logs = trained_head(distiller, 2)
+    assert distiller(2).get_config()["grad_accum_steps"] == 2
+    for a, b in zip(accumulated, full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logs["distill_loss"], full_logs["distill_loss"], rtol=1e-5)

@@ -34,6 +34,8 @@ class SimCLRClassifier(keras.Model):
       zero_init_logits_layer: start the classifier at zero (logits are 0 at step 0).
       weight_decay, optimizer_name: the L2 term added to the loss as in pretraining (the paper fine-tunes
         without weight decay).
+      grad_accum_steps: split each replica's batch into this many micro-batches, run one after the other,
+        and apply the mean of their gradients in one step (batch norm sees a micro-batch's statistics).
 
     `call` returns a float32 dict of `final_avg_pool`, `proj_head_output` and `logits_sup`.
 
@@ -51,7 +53,8 @@ class SimCLRClassifier(keras.Model):
     """
 
     def __init__(self, encoder, projection_head, num_classes, fine_tune_after_block=-1,
-                 zero_init_logits_layer=False, weight_decay=0.0, optimizer_name="lars", **kwargs):
+                 zero_init_logits_layer=False, weight_decay=0.0, optimizer_name="lars", grad_accum_steps=1,
+                 **kwargs):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"A classifier needs num_classes >= 1, got {num_classes}.")
@@ -62,6 +65,7 @@ class SimCLRClassifier(keras.Model):
         self.zero_init_logits_layer = zero_init_logits_layer
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer_name
+        self.grad_accum_steps = grad_accum_steps
         self.supervised_head = SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
         for layer in encoder.layers_up_to_block(fine_tune_after_block):
             layer.trainable = False
@@ -82,24 +86,31 @@ class SimCLRClassifier(keras.Model):
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            logits = self(images, training=True)["logits_sup"]
-            sup_loss = losses.supervised_loss(labels, logits)
-            decay = optimizers.l2_weight_decay_loss(
-                self.trainable_variables, self.weight_decay, self.optimizer_name)
-            loss = sup_loss + decay
-            # Keras sums gradients over replicas: divide to get the gradient of the global mean.
-            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        gradients, micro_updates = optimizers.accumulated_gradients(
+            self._scaled_loss_and_updates, (images, labels), lambda: self.trainable_variables,
+            self.grad_accum_steps)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        accuracy = tf.reduce_mean(tf.cast(
-            tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
-        for name, value in (("loss", loss), ("supervised_loss", sup_loss), ("supervised_acc", accuracy),
-                            ("weight_decay", decay)):
-            self._trackers[name].update_state(value)
+        for updates in micro_updates:
+            for name, value in updates.items():
+                self._trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self._trackers.items()}
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
+
+    def _scaled_loss_and_updates(self, batch):
+        """(the loss to differentiate, the metric values) of one (micro-)batch `(images, labels)`."""
+        images, labels = batch
+        logits = self(images, training=True)["logits_sup"]
+        sup_loss = losses.supervised_loss(labels, logits)
+        decay = optimizers.l2_weight_decay_loss(
+            self.trainable_variables, self.weight_decay, self.optimizer_name)
+        loss = sup_loss + decay
+        accuracy = tf.reduce_mean(tf.cast(
+            tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
+        updates = {"loss": loss, "supervised_loss": sup_loss, "supervised_acc": accuracy,
+                   "weight_decay": decay}
+        # Keras sums gradients over replicas: divide to get the gradient of the global mean.
+        return self.optimizer.scale_loss(loss / _num_replicas()), updates
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -117,6 +128,7 @@ class SimCLRClassifier(keras.Model):
             "zero_init_logits_layer": self.zero_init_logits_layer,
             "weight_decay": self.weight_decay,
             "optimizer_name": self.optimizer_name,
+            "grad_accum_steps": self.grad_accum_steps,
         }
 
     @classmethod
@@ -141,7 +153,7 @@ def copy_layer(layer, input_shape, **overrides):
 
 def build_classifier(pretrained, num_classes, image_size, ft_proj_selector=0, fine_tune_after_block=-1,
                      zero_init_logits_layer=False, weight_decay=0.0, optimizer_name="lars",
-                     **bn_overrides):
+                     grad_accum_steps=1, **bn_overrides):
     """A `SimCLRClassifier` on copies of the encoder and projection layers of `pretrained`.
 
     `pretrained` is any model with `encoder` and `projection_head` (a pretraining `SimCLRModel`, a
@@ -191,6 +203,6 @@ def build_classifier(pretrained, num_classes, image_size, ft_proj_selector=0, fi
     classifier = SimCLRClassifier(
         encoder, kept_head, num_classes,
         fine_tune_after_block=fine_tune_after_block, zero_init_logits_layer=zero_init_logits_layer,
-        weight_decay=weight_decay, optimizer_name=optimizer_name)
+        weight_decay=weight_decay, optimizer_name=optimizer_name, grad_accum_steps=grad_accum_steps)
     classifier(tf.zeros([1, image_size, image_size, 3]))
     return classifier

@@ -47,6 +47,9 @@ class DistillationModel(keras.Model):
         fine-tuned `SimCLRClassifier`, or a `SimCLRModel` with a supervised head).
       temperature: of both softmaxes.
       label_weight: weight of the cross-entropy on known labels; the distillation term gets 1 - it.
+      grad_accum_steps: split each replica's batch into this many micro-batches, run one after the other
+        (teacher included), and apply the mean of their gradients in one step. The labelled term is then
+        the mean over micro-batches of each one's mean over its known labels.
 
     `evaluate` reports the student's top-1/top-5 on labelled data and its agreement with the teacher.
 
@@ -72,13 +75,14 @@ class DistillationModel(keras.Model):
       True
     """
 
-    def __init__(self, student, teacher, temperature=1.0, label_weight=0.0, **kwargs):
+    def __init__(self, student, teacher, temperature=1.0, label_weight=0.0, grad_accum_steps=1, **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
         self.teacher.trainable = False
         self.temperature = temperature
         self.label_weight = label_weight
+        self.grad_accum_steps = grad_accum_steps
         self._trackers = {name: keras.metrics.Mean(name=name) for name in (
             "loss", "distill_loss", "supervised_loss", "teacher_agreement", "weight_decay")}
         self._eval_metrics = classification_metrics(student.num_classes)
@@ -94,24 +98,30 @@ class DistillationModel(keras.Model):
 
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_logits = tf.stop_gradient(self.teacher(images, training=False)["logits_sup"])
-        with tf.GradientTape() as tape:
-            student_logits = self.student(images, training=True)["logits_sup"]
-            distill = distillation_loss(teacher_logits, student_logits, self.temperature)
-            supervised = labelled_loss(labels, student_logits)
-            decay = optimizers.l2_weight_decay_loss(
-                self.trainable_variables, self.student.weight_decay, self.student.optimizer_name)
-            loss = (1.0 - self.label_weight) * distill + self.label_weight * supervised + decay
-            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        gradients, micro_updates = optimizers.accumulated_gradients(
+            self._scaled_loss_and_updates, (images, labels), lambda: self.trainable_variables,
+            self.grad_accum_steps)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        for name, value in (("loss", loss), ("distill_loss", distill), ("supervised_loss", supervised),
-                            ("teacher_agreement", _agreement(teacher_logits, student_logits)),
-                            ("weight_decay", decay)):
-            self._trackers[name].update_state(value)
+        for updates in micro_updates:
+            for name, value in updates.items():
+                self._trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self._trackers.items()}
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
+
+    def _scaled_loss_and_updates(self, batch):
+        """(the loss to differentiate, the metric values) of one (micro-)batch `(images, labels)`."""
+        images, labels = batch
+        teacher_logits = tf.stop_gradient(self.teacher(images, training=False)["logits_sup"])
+        student_logits = self.student(images, training=True)["logits_sup"]
+        distill = distillation_loss(teacher_logits, student_logits, self.temperature)
+        supervised = labelled_loss(labels, student_logits)
+        decay = optimizers.l2_weight_decay_loss(
+            self.trainable_variables, self.student.weight_decay, self.student.optimizer_name)
+        loss = (1.0 - self.label_weight) * distill + self.label_weight * supervised + decay
+        updates = {"loss": loss, "distill_loss": distill, "supervised_loss": supervised,
+                   "teacher_agreement": _agreement(teacher_logits, student_logits), "weight_decay": decay}
+        return self.optimizer.scale_loss(loss / _num_replicas()), updates
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -125,7 +135,8 @@ class DistillationModel(keras.Model):
         return {**super().get_config(),
                 "student": keras.saving.serialize_keras_object(self.student),
                 "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "temperature": self.temperature, "label_weight": self.label_weight}
+                "temperature": self.temperature, "label_weight": self.label_weight,
+                "grad_accum_steps": self.grad_accum_steps}
 
     @classmethod
     def from_config(cls, config):
