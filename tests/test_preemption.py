@@ -17,7 +17,9 @@ from simclr_tf import checkpoints
 from tests.test_cli import REPO, TINY, checkpoint_steps
 from tests.test_multiworker import _tiny_run_model
 
-TRAIN_STEPS = 30
+# Long enough that a signal sent well into the run still finds training left (a tiny step takes a few
+# tens of ms: 30 steps once ended before a SIGTERM sent 0.3 s after a checkpoint).
+TRAIN_STEPS = 150
 STEP_RANGE = re.compile(r"steps (\d+)\.\.(\d+)")
 
 
