@@ -3,7 +3,6 @@
   python run.py --mode=train_then_eval --flagfile=flags/builtin_quickstart.flags
 """
 import os
-import signal
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,19 +18,15 @@ simclr_flags.define_flags()
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C.
 
 
-def _interrupt_on_sigterm(signum, frame):
-    """SIGTERM (a preemption notice, `kill`, a scheduler's stop) ends the run like Ctrl-C does."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
-    from simclr_tf import train
+    from simclr_tf import interrupts, train
 
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    # Ctrl-C and SIGTERM (a preemption notice, `kill`, a scheduler's stop) end the run at a step boundary.
+    interrupts.install_handlers()
     try:
         cfg = simclr_flags.config_from_flags(flags.FLAGS)
         result = train.run(cfg)

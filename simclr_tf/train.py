@@ -15,6 +15,7 @@ from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import distribute
 from simclr_tf import export as export_lib
+from simclr_tf import interrupts
 from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf import precision
@@ -207,6 +208,7 @@ def train(ctx: RunContext):
             StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
             checkpoints.StopAtStep(ctx.total_steps),
             checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max, chief=ctx.chief),
+            interrupts.StopOnSignal(),  # After the checkpoint: a step due for one is saved first.
         ]
         if ctx.chief:
             callbacks.append(keras.callbacks.TensorBoard(
@@ -215,10 +217,11 @@ def train(ctx: RunContext):
             callbacks.append(AugmentedViewsSummary(model_dir, pipelines.sample_views(
                 ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)))
         try:
-            ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
-                          epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
-                          steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose,
-                          shuffle=False)  # the dataset shuffles itself
+            with interrupts.steps_finish_before_stopping():
+                ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
+                              epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
+                              steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose,
+                              shuffle=False)  # the dataset shuffles itself
         except KeyboardInterrupt:
             saved = checkpoints.save_on_interrupt(ctx.model, model_dir, cfg.train.keep_checkpoint_max,
                                                   chief=ctx.chief)
