@@ -95,8 +95,9 @@ def save_on_interrupt(model, model_dir, keep_max, chief=True):
     """Saves the model's current step when training is interrupted (Ctrl-C); returns the path or None.
 
     Safe because the state is at a step boundary: a step is one call of the compiled train function,
-    which updates the weights, the optimizer slots and `iterations` together, and Python raises
-    KeyboardInterrupt only once that call has returned. Nothing is saved on non-chief workers, when the
+    which updates the weights, the optimizer slots and `iterations` together, and the interruption comes
+    between two calls (`interrupts.StopOnSignal` at the end of a step; even a second Ctrl-C is raised by
+    Python only once the running call has returned). Nothing is saved on non-chief workers, when the
     newest checkpoint already has this step, or when a weight is NaN/Inf (the interrupted step may have
     diverged before the callback that stops on a non-finite loss ran).
     """
