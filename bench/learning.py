@@ -40,7 +40,7 @@ class NpzSource(ImageSource):
                                num_examples={k: len(v[1]) for k, v in self.splits.items()},
                                image_shape=images.shape[1:])
 
-    def dataset(self, split, shuffle_files=False, seed=None):
+    def dataset(self, split, shuffle_files=False, seed=None, input_context=None):  # one input pipeline
         images, labels = self.splits[split]
         return tf.data.Dataset.from_tensor_slices(
             {"image": images, "label": labels, "id": np.arange(len(labels))})

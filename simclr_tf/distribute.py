@@ -13,6 +13,7 @@ around two Keras 3 bugs that otherwise break `fit()` and `evaluate()` there.
 """
 import json
 import os
+import random
 import shutil
 
 import tensorflow as tf
@@ -164,6 +165,24 @@ def check_workers_agree(strategy, value, what):
             f"The workers disagree on {what}: the replicas hold {values}. Every worker must see the same "
             "model_dir: put it on storage all of them can read (a shared filesystem or bucket) and start "
             "every worker with the same flags.")
+
+
+def shared_seed(strategy) -> int:
+    """A seed drawn at random by the chief and sent to every worker (a collective every worker joins).
+
+    For what the workers must agree on when the user gave no seed, such as the order of the input files
+    they split between them. It is drawn afresh by each run (as an unset `--seed` promises) and needs no
+    file the chief writes and the others read, so nothing waits on shared storage; the chief logs it.
+    Outside multi-worker strategies: a fresh seed, no collective.
+    """
+    seed = random.SystemRandom().randrange(2**31)
+    if not is_multi_worker(strategy):
+        return seed
+    local = tf.constant([seed if is_chief(strategy) else -1], tf.int64)
+    values = strategy.gather(strategy.run(lambda: local), axis=0).numpy().tolist()
+    seed = max(values)  # the chief's; the other workers sent -1
+    logging.info("Input seed %d, drawn by the chief and shared by the workers (no --seed given).", seed)
+    return seed
 
 
 def prepare_multi_worker_fit(model, strategy):

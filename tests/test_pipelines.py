@@ -20,7 +20,7 @@ class ArraySource(ImageSource):
         self.info = SourceInfo(name="arrays", num_classes=3, num_examples={"train": len(sizes)},
                                image_shape=sizes[0] + (3,) if same_size else None)
 
-    def dataset(self, split, shuffle_files=False, seed=None):
+    def dataset(self, split, shuffle_files=False, seed=None, input_context=None):  # one input pipeline
         def gen():
             for i, (image, label) in enumerate(zip(self.images, self.labels)):
                 yield {"image": image, "label": np.int64(label), "id": np.int64(i)}
@@ -113,7 +113,7 @@ class ConstantImageSource(ImageSource):
                                num_examples={"train": len(self.labels)},
                                image_shape=self.sizes[0] + (3,) if same_size else None)
 
-    def dataset(self, split, shuffle_files=False, seed=None):
+    def dataset(self, split, shuffle_files=False, seed=None, input_context=None):  # one input pipeline
         def gen():
             for i, ((h, w), label) in enumerate(zip(self.sizes, self.labels)):
                 yield {"image": np.full((h, w, 3), 10 * i + 5, np.uint8), "label": label, "id": np.int64(i)}

@@ -195,7 +195,7 @@ class StringIdSource(sources.ImageSource):
 
     info = sources.SourceInfo(name="strings", num_classes=2, num_examples={"train": 5}, image_shape=(2, 2, 3))
 
-    def dataset(self, split, shuffle_files=False, seed=None):
+    def dataset(self, split, shuffle_files=False, seed=None, input_context=None):  # one input pipeline
         return tf.data.Dataset.from_tensor_slices({
             "image": np.zeros([5, 2, 2, 3], np.uint8), "label": np.array([0, 1, -1, 1, 0], np.int64),
             "id": np.array(["e", "d", "c", "b", "a"])})

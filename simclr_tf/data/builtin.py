@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from simclr_tf.config import ConfigError
 
-from simclr_tf.data.sources import ImageSource, SourceInfo
+from simclr_tf.data.sources import ImageSource, SourceInfo, worker_share
 
 NAME = "builtin_shapes"
 IMAGE_SIZE = 32
@@ -236,19 +236,24 @@ class BuiltinShapesSource(ImageSource):
             labels = builtin_shapes_labels(num_examples, SPLIT_SEEDS[split])
         return np.arange(num_examples, dtype=np.int64), labels
 
-    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        images, labels = self.arrays(split)
-        return self._slices(images, labels, np.arange(len(labels), dtype=np.int64), shuffle_files, seed)
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None,
+                input_context=None) -> tf.data.Dataset:
+        """One epoch of `split`; under several workers, this worker's share of the indices (every n-th)."""
+        arrays = (*self.arrays(split), np.arange(self.info.num_examples[split], dtype=np.int64))
+        images, labels, ids = (worker_share(a, input_context, f"builtin_shapes {split!r}") for a in arrays)
+        return self._slices(images, labels, ids, shuffle_files, seed)
 
     def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
-                       seed: int | None = None) -> tf.data.Dataset:
-        """The examples whose index is in `example_ids`, taken from the arrays by index."""
+                       seed: int | None = None, input_context=None) -> tf.data.Dataset:
+        """The examples whose index is in `example_ids`, taken from the arrays by index (under several
+        workers, this worker's share of them)."""
         images, labels = self.arrays(split)
         ids = np.unique(np.asarray(example_ids, np.int64))
         if ids.size and (ids[0] < 0 or ids[-1] >= len(labels)):
             raise ConfigError(f"Example ids {ids[0]}..{ids[-1]} are not all indices of the {len(labels)} "
                               f"images of builtin_shapes {split!r}; the label subset was chosen for another "
                               "size. Delete label_subset.json from --model_dir (or use a new one).")
+        ids = worker_share(ids, input_context, f"The labelled subset of builtin_shapes {split!r}")
         return self._slices(images[ids], labels[ids], ids, shuffle_files, seed)
 
     @staticmethod

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf.config import ConfigError
-from simclr_tf.data.sources import CORRUPT_IMAGE_POLICIES, UNLABELED, ImageSource, SourceInfo
+from simclr_tf.data.sources import CORRUPT_IMAGE_POLICIES, UNLABELED, ImageSource, SourceInfo, worker_share
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "test", "validation", "val")
@@ -151,16 +151,20 @@ class ImageFolderSource(ImageSource):
         return {"train": [file for file, out in zip(train, held) if not out],
                 HOLDOUT_SPLIT: [file for file, out in zip(train, held) if out]}
 
-    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None,
+                input_context=None) -> tf.data.Dataset:
+        """One epoch of `split`; under several workers, this worker's share of the file list (every n-th
+        file in sorted order), the other files never opened."""
         self.check_split(split)
         files = self._files[split]
         if not files:
             raise ConfigError(f"Split {split!r} of {self.root} has no images; raise holdout_fraction or add "
                              "images.")
-        return self._read(files, shuffle_files, seed)
+        return self._read(worker_share(files, input_context, f"Split {split!r} of {self.root}"),
+                          shuffle_files, seed)
 
     def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
-                       seed: int | None = None) -> tf.data.Dataset:
+                       seed: int | None = None, input_context=None) -> tf.data.Dataset:
         """Examples whose id (relative path) is in `example_ids`; other files are never opened."""
         self.check_split(split)
         wanted = {str(i.decode("utf-8") if isinstance(i, bytes) else i) for i in example_ids}
@@ -169,6 +173,7 @@ class ImageFolderSource(ImageSource):
             raise ConfigError(f"None of the {len(wanted)} requested ids is an image of split {split!r} of "
                              f"{self.root}; the label subset was chosen from other files. Delete "
                              "label_subset.json from --model_dir (or use a new one) to choose again.")
+        files = worker_share(files, input_context, f"The labelled subset of split {split!r} of {self.root}")
         return self._read(files, shuffle_files, seed)
 
     def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:

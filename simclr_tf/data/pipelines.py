@@ -2,7 +2,12 @@
 
 Each builder returns a `tf.data.Dataset` for one input pipeline; `distributed(...)` turns a builder into
 per-replica datasets with `strategy.distribute_datasets_from_function`, so every replica receives
-`global_batch // num_replicas` examples and every worker reads its own shard.
+`global_batch // num_replicas` examples. Under several workers each worker reads only its own share of the
+split, chosen by file before anything is decoded (see `sources`), so over an epoch the workers together
+read every example once. What the workers must agree on (the order of the files when a split has fewer
+files than workers) is seeded by the one seed they share: `--seed`, or when it is unset one the chief draws
+and sends to the others (`distribute.shared_seed`). The shuffle buffer and the augmentations take a seed
+derived from it and the worker's index, so each worker draws its own.
 
 Augmentations are applied to whole batches when the source's images all have one size (vectorized, per-image
 randomness), and to single images before batching otherwise. Randomness comes from a stateless seed stream,
@@ -10,10 +15,12 @@ so a pipeline built with a seed yields the same views every time.
 """
 import random
 
+import numpy as np
 import tensorflow as tf
 
+from simclr_tf import distribute
 from simclr_tf.config import ConfigError, DataConfig
-from simclr_tf.data import augment, subsets
+from simclr_tf.data import augment, sources, subsets
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -29,10 +36,13 @@ def _seed_stream(seed):
     return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
 
-def _shard(ds, input_context):
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    return ds
+def worker_seed(seed, input_context):
+    """The seed of this input pipeline's own randomness (shuffle buffer, augmentations): `seed` itself
+    with one pipeline, else one derived from `seed` and the pipeline's index (None stays None)."""
+    count, index = sources.pipeline_share(input_context)
+    if seed is None or count == 1:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint32)[0] >> 1)
 
 
 def pretrain_augmenter(data: DataConfig, seed=None) -> augment.PretrainAugment:
@@ -68,7 +78,8 @@ def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_co
       >>> bool(tf.reduce_any(view_1 != view_2))  # two different augmentations of each image
       True
     """
-    ds = _shard(source.dataset(split, shuffle_files=True, seed=seed), input_context)
+    ds = source.dataset(split, shuffle_files=True, seed=seed, input_context=input_context)
+    seed = worker_seed(seed, input_context)
     if data.cache_dataset:
         ds = ds.cache()
     ds = ds.shuffle(data.shuffle_buffer, seed=seed).repeat()
@@ -87,16 +98,18 @@ def build_pretrain_dataset(source, split, data: DataConfig, batch_size, input_co
     return ds.prefetch(AUTOTUNE)
 
 
-def _finetune_examples(source, split, seed, example_ids, keep_unlabelled):
-    """One epoch of the examples fine-tuning reads, in shuffled file order (see build_finetune_dataset)."""
+def _finetune_examples(source, split, seed, example_ids, keep_unlabelled, input_context):
+    """One epoch of the examples fine-tuning reads (this worker's share), in shuffled file order (see
+    build_finetune_dataset)."""
+    read = dict(shuffle_files=True, seed=seed, input_context=input_context)
     if example_ids is None:
-        ds = source.dataset(split, shuffle_files=True, seed=seed)
+        ds = source.dataset(split, **read)
     elif keep_unlabelled:
-        ds = subsets.unlabel_outside(source.dataset(split, shuffle_files=True, seed=seed), example_ids)
+        ds = subsets.unlabel_outside(source.dataset(split, **read), example_ids)
     else:
         if len(example_ids) == 0:
             raise ConfigError("The labelled subset is empty; raise --label_fraction or --labels_per_class.")
-        ds = source.subset_dataset(split, example_ids, shuffle_files=True, seed=seed)
+        ds = source.subset_dataset(split, example_ids, **read)
     if not keep_unlabelled:
         ds = ds.filter(lambda example: example["label"] != subsets.UNLABELED)
     return ds
@@ -129,7 +142,8 @@ def build_finetune_dataset(source, split, data: DataConfig, batch_size, input_co
     if not keep_unlabelled and source.info.num_classes == 0:
         raise ConfigError(f"Dataset {source.info.name!r} has no labels, so it cannot be fine-tuned on; use a "
                           "labelled dataset (for an image folder: class subfolders), or distill instead.")
-    ds = _shard(_finetune_examples(source, split, seed, example_ids, keep_unlabelled), input_context)
+    ds = _finetune_examples(source, split, seed, example_ids, keep_unlabelled, input_context)
+    seed = worker_seed(seed, input_context)
     if data.cache_dataset:
         ds = ds.cache()
     ds = ds.shuffle(data.shuffle_buffer, seed=seed).repeat()
@@ -171,7 +185,7 @@ def build_eval_dataset(source, split, data: DataConfig, batch_size, input_contex
       >>> [images.shape[0] for images, labels in ds]  # every test image once
       [3, 2]
     """
-    ds = _shard(source.dataset(split, shuffle_files=False), input_context)
+    ds = source.dataset(split, shuffle_files=False, input_context=input_context)
     if data.cache_dataset:
         ds = ds.cache()
     preprocess = eval_preprocessor(data)
@@ -187,7 +201,13 @@ def build_eval_dataset(source, split, data: DataConfig, batch_size, input_contex
 
 
 def distributed(strategy, build_fn, global_batch_size, **kwargs):
-    """Per-replica datasets from `build_fn(..., batch_size=per_replica, input_context=ctx)`."""
+    """Per-replica datasets from `build_fn(..., batch_size=per_replica, input_context=ctx)`.
+
+    Under several workers a `seed=None` becomes the seed the chief draws (`distribute.shared_seed`), so
+    that the workers agree on their shares of the data. Every worker must call this at the same point.
+    """
+    if "seed" in kwargs and kwargs["seed"] is None and distribute.is_multi_worker(strategy):
+        kwargs["seed"] = distribute.shared_seed(strategy)
 
     def dataset_fn(input_context):
         per_replica = input_context.get_per_replica_batch_size(global_batch_size)

@@ -9,11 +9,19 @@ The input pipelines shuffle, augment and batch them; `get_source` picks the sour
     source.dataset("train", shuffle_files=True, seed=0)
     ids, labels = source.labels_and_ids("train")        # without decoding images, for label subsets
     source.subset_dataset("train", ids[:100])           # only those examples, dropped before decoding
+
+Under several workers (`input_context` of more than one input pipeline) each source gives a worker only its
+share of a split, chosen before anything is read or decoded: TFDS shards its record files over the workers
+(`tfds.ReadConfig(input_context=...)`), an image folder its file list, the built-in data its array indices.
+A split of fewer TFDS files than workers is read whole by every worker in an order they agree on (shuffled
+with the `seed` they share) and split by element after that, before decoding. Over one epoch the workers
+together read each example once.
 """
 import dataclasses
 import difflib
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -36,24 +44,53 @@ class SourceInfo:
     image_shape: tuple | None  # (H, W, 3) when every image has the same size, else None
 
 
+def pipeline_share(input_context) -> tuple[int, int]:
+    """`(number of input pipelines, this one's index)` of a `tf.distribute.InputContext` (or None: (1, 0))."""
+    if input_context is None:
+        return 1, 0
+    return int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
+
+
+def worker_share(items, input_context, what):
+    """This input pipeline's share of a sequence: every n-th item from its index (all of them for one).
+
+    The shares of the n pipelines are disjoint and together hold every item once. Raises ConfigError when
+    there are fewer items than pipelines, since a worker without data would stall the others.
+    """
+    count, index = pipeline_share(input_context)
+    if count == 1:
+        return items
+    if len(items) < count:
+        raise ConfigError(f"{what} has {len(items)} examples, fewer than the {count} workers reading it, so "
+                          "some workers would get none. Use more data or fewer workers.")
+    return items[index::count]
+
+
 class ImageSource:
     """Base class of the sources: `info`, `class_names` and one epoch of examples per split."""
 
     info: SourceInfo
     class_names: tuple = ()
 
-    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        """Unbatched examples {"image", "label", "id"} of one epoch of `split`."""
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None,
+                input_context=None) -> tf.data.Dataset:
+        """Unbatched examples {"image", "label", "id"} of one epoch of `split`.
+
+        With a `tf.distribute.InputContext` of several input pipelines, only this pipeline's share, chosen
+        before reading (see the module docstring).
+        """
         raise NotImplementedError
 
     def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
-                       seed: int | None = None) -> tf.data.Dataset:
+                       seed: int | None = None, input_context=None) -> tf.data.Dataset:
         """Like `dataset`, with only the examples whose id is in `example_ids`.
 
         This default filters `dataset(split)`; sources that can drop examples before decoding them
         override it.
         """
-        return subsets.filter_to_ids(self.dataset(split, shuffle_files=shuffle_files, seed=seed), example_ids)
+        return subsets.filter_to_ids(
+            self.dataset(split, shuffle_files=shuffle_files, seed=seed, input_context=input_context),
+            example_ids)
 
     def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """`(ids, labels)` of every example of `split` in a fixed order: ids int64 or str, labels int64.
@@ -140,19 +177,22 @@ class TfdsSource(ImageSource):
     def check_split(self, split: str) -> None:
         self.num_examples(split)
 
-    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        ds = self._records(split, shuffle_files, seed)
+    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None,
+                input_context=None) -> tf.data.Dataset:
+        ds = self._records(split, shuffle_files, seed, input_context=input_context)
         return ds.map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
 
     def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
-                       seed: int | None = None) -> tf.data.Dataset:
+                       seed: int | None = None, input_context=None) -> tf.data.Dataset:
         """Examples whose id is in `example_ids`; the others are dropped before their image is decoded."""
-        ds = self._records(split, shuffle_files, seed, decode_images=False)
+        ds = self._records(split, shuffle_files, seed, decode_images=False, input_context=input_context)
         ds = subsets.filter_to_ids(ds, example_ids, id_key=self._id_key)
+        return self._decode_images(ds).map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _decode_images(self, ds):
         image_feature = self.builder.info.features["image"]
-        ds = ds.map(lambda example: {**example, "image": image_feature.decode_example(example["image"])},
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.map(self._standardize, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda example: {**example, "image": image_feature.decode_example(example["image"])},
+                      num_parallel_calls=tf.data.AUTOTUNE)
 
     def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """`(ids, labels)` in record order, read without decoding the images."""
@@ -161,13 +201,30 @@ class TfdsSource(ImageSource):
                     num_parallel_calls=tf.data.AUTOTUNE)
         return _concatenate_batches(ds)
 
-    def _records(self, split, shuffle_files, seed, decode_images=True):
-        """The TFDS examples of `split`; with `decode_images=False` the images stay encoded bytes."""
+    def _records(self, split, shuffle_files, seed, decode_images=True, input_context=None):
+        """The TFDS examples of `split` (this input pipeline's share of them, see the module docstring);
+        with `decode_images=False` the images stay encoded bytes."""
         self.check_split(split)
-        read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed)
-        decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
-        return self.builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
-                                       decoders=decoders)
+        count, index = pipeline_share(input_context)
+        by_element = count > 1 and len(self.builder.info.splits[split].file_instructions) < count
+        if by_element and shuffle_files and seed is None:
+            raise ValueError(f"Split {split!r} of {self.info.name} has fewer files than the {count} workers, "
+                             "so they split it by example, which needs a file order they agree on: pass "
+                             "the seed they share.")
+        if by_element:
+            logging.info("Split %r of %s has fewer files than the %d workers: every worker reads it and "
+                         "keeps every %d-th example.", split, self.info.name, count, count)
+        by_file = count > 1 and not by_element
+        read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed,
+                                      input_context=input_context if by_file else None)
+        skip_decoding = by_element or not decode_images
+        ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                                     decoders={"image": tfds.decode.SkipDecoding()} if skip_decoding else None)
+        if by_element:
+            ds = ds.shard(count, index)
+            if decode_images:
+                ds = self._decode_images(ds)
+        return ds
 
     def _label(self, example):
         return tf.cast(example["label"], tf.int64) if self._has_label else tf.constant(UNLABELED, tf.int64)
