@@ -77,3 +77,17 @@ def test_shuffled_dataset_is_a_seeded_permutation():
     shuffled = ids(shuffle_files=True, seed=1)
     assert sorted(shuffled) == list(range(30)) and shuffled != list(range(30))
     assert ids(shuffle_files=True, seed=1) == shuffled
+
+
+def test_workers_get_disjoint_shares_of_the_indices():
+    source = builtin.BuiltinShapesSource({"train": 7, "test": 2})
+    images, labels = source.arrays("train")
+    for index, expected in enumerate(([0, 2, 4, 6], [1, 3, 5])):
+        context = tf.distribute.InputContext(2, index, 2)
+        examples = list(source.dataset("train", shuffle_files=True, seed=0, input_context=context))
+        assert sorted(int(e["id"]) for e in examples) == expected
+        for example in examples:  # each id keeps its own image and label
+            np.testing.assert_array_equal(example["image"], images[int(example["id"])])
+            assert int(example["label"]) == labels[int(example["id"])]
+        subset = source.subset_dataset("train", [1, 2, 3], input_context=context)
+        assert sorted(int(e["id"]) for e in subset) == [[1, 3], [2]][index]  # every other id of the subset

@@ -160,3 +160,18 @@ def test_decoded_images_match_the_written_pixels(tmp_path):
     examples = read_all(folders.ImageFolderSource(str(tmp_path), holdout_fraction=0.0), "train")
     np.testing.assert_array_equal(examples["a.png"]["image"].numpy(), pixels)
     np.testing.assert_array_equal(examples["gray.png"]["image"].numpy(), np.repeat(gray, 3, axis=-1))
+
+
+def test_workers_read_disjoint_shares_of_the_file_list(tmp_path):
+    for index in range(5):
+        write_image(f"{tmp_path}/{'ab'[index % 2]}/{index}.png", index)
+    source = folders.ImageFolderSource(str(tmp_path), holdout_fraction=0.0)
+    shares = [sorted(read_all(source, "train", shuffle_files=True, seed=1,
+                              input_context=tf.distribute.InputContext(2, index, 2)))
+              for index in range(2)]
+    # Every other file of the sorted list: a/0, a/4, b/3 and a/2, b/1.
+    assert shares == [["a/0.png", "a/4.png", "b/3.png"], ["a/2.png", "b/1.png"]]
+    subset = [sorted(example["id"].numpy().decode() for example in source.subset_dataset(
+        "train", ["a/0.png", "a/2.png", "b/1.png"], input_context=tf.distribute.InputContext(2, index, 2)))
+        for index in range(2)]
+    assert subset == [["a/0.png", "b/1.png"], ["a/2.png"]]

@@ -270,3 +270,86 @@ def test_two_workers_evaluate_the_whole_split_as_one_process_does(tmp_path):
     for name in ("top_1_accuracy", "top_5_accuracy", "supervised_loss"):
         assert workers_result[name] == pytest.approx(one_process[name], rel=1e-5), name
     assert 0 < one_process["top_5_accuracy"] < 1  # not a degenerate case where any split would agree
+
+
+# Two workers read one epoch of pretraining input through the real pipeline (build_pretrain_dataset under
+# distribute_datasets_from_function, --seed unset). Every image has its own label (a folder of one image
+# per class folder; TFDS example j has label j % 10 and there are 10), so the labels of the batches are the
+# ids trained on. Shuffling happens before repeating, so a worker's first epoch is its whole share.
+# Files opened are logged by wrapping the functions that open them.
+INPUT_WORKER_CODE = f"""
+import json, sys
+import tensorflow as tf
+from tensorflow_datasets.core import reader as tfds_reader
+from simclr_tf import distribute
+from simclr_tf.config import DataConfig, DistributeConfig
+from simclr_tf.data import folders, pipelines, sources
+
+folder, data_dir, opened_log = sys.argv[1:4]
+strategy = distribute.build_strategy(DistributeConfig())
+read_file, open_records = folders._decode, tfds_reader._get_dataset_from_filename
+
+def logged_read(path):
+    with tf.control_dependencies([tf.print(path, output_stream="file://" + opened_log)]):
+        return read_file(path)
+
+def logged_open(instruction, **kwargs):
+    with tf.control_dependencies([tf.print(instruction.filepath, output_stream="file://" + opened_log)]):
+        return open_records(instruction, **kwargs)
+
+folders._decode, tfds_reader._get_dataset_from_filename = logged_read, logged_open
+data = DataConfig(image_size=8, shuffle_buffer=4)
+report = {{"task": strategy.cluster_resolver.task_id, "seed": distribute.shared_seed(strategy)}}
+for name, dataset, split, examples in (("folder", folder, "train", 8), ("tfds", "cifar10", "train", 10),
+                                       ("tfds_one_file", "cifar10", "test", 10)):
+    source = sources.get_source(dataset, data_dir=data_dir, eval_split=None, holdout_fraction=0.0)
+    ds = pipelines.distributed(strategy, pipelines.build_pretrain_dataset, 2, source=source, split=split,
+                               data=data, seed=None)
+    batches = iter(ds)
+    labels = []
+    for _ in range(examples // 2):  # one epoch of the split at a global batch of 2 (one image per worker)
+        (_, _), batch_labels = next(batches)
+        labels += [int(v) for r in strategy.experimental_local_results(batch_labels) for v in r.numpy()]
+    report[name] = labels
+print("{_MARK}" + json.dumps(report), flush=True)
+"""
+
+
+def _opened(log_path):
+    if not os.path.exists(log_path):
+        return set()
+    with open(log_path) as f:
+        return {line.strip() for line in f if line.strip()}
+
+
+@pytest.mark.slow
+def test_two_workers_read_disjoint_file_shards_covering_the_split_once(tmp_path):
+    from tests.tfds_records import write_tfds_records
+
+    folder = tmp_path / "images"
+    for index in range(8):  # one image per class folder: the label says which image it is
+        os.makedirs(folder / f"c{index}")
+        tf.io.write_file(str(folder / f"c{index}" / "image.png"),
+                         tf.io.encode_png(tf.fill([10, 10, 3], tf.constant(index, tf.uint8))))
+    records = write_tfds_records(str(tmp_path / "tfds"), "cifar10", {"train": [3, 2, 2, 3], "test": [10]})
+    ports = free_ports(2)
+    logs = [tmp_path / f"input{index}.log" for index in range(2)]
+    opened_logs = [str(tmp_path / f"opened{index}.txt") for index in range(2)]
+    workers = [start_worker([sys.executable, "-c", INPUT_WORKER_CODE, str(folder), str(tmp_path / "tfds"),
+                             opened_logs[index]], ports, index, logs[index]) for index in range(2)]
+    codes = wait_all(workers, timeout=300)
+    assert codes == [0, 0], [open(log).read()[-3000:] for log in logs]
+    reports = [report_of(log) for log in logs]
+    for name, count in (("folder", 8), ("tfds", 10), ("tfds_one_file", 10)):
+        # Each worker reads its own half; together every example once.
+        assert sorted(reports[0][name] + reports[1][name]) == list(range(count)), (name, reports)
+        assert len(reports[0][name]) == len(reports[1][name]) == count // 2
+    assert reports[0]["seed"] == reports[1]["seed"]  # the chief's seed reached the other worker
+    opened = [_opened(path) for path in opened_logs]
+    images = [{p for p in files if p.endswith(".png")} for files in opened]
+    train_files = [{p for p in files if "-train." in p} for files in opened]
+    assert len(images[0]) == len(images[1]) == 4 and not images[0] & images[1]
+    assert len(train_files[0]) == len(train_files[1]) == 2 and not train_files[0] & train_files[1]
+    assert train_files[0] | train_files[1] == set(records["train"])
+    for files in opened:  # the one-file split: each worker opens it and keeps every other example
+        assert {p for p in files if "-test." in p} == set(records["test"])

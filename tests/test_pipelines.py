@@ -201,3 +201,13 @@ def test_finetune_on_a_builtin_label_subset(tmp_path):
     # 10 examples, one per class; each of the 48 labels is one of them.
     assert sorted(all_labels[list(subset.ids)].tolist()) == list(range(10))
     assert set(labels.tolist()) <= set(range(10)) and len(set(labels.tolist())) >= 8
+
+
+def test_each_worker_draws_its_own_augmentations_from_the_shared_seed():
+    contexts = [tf.distribute.InputContext(2, index, 2) for index in range(2)]
+    seeds = [pipelines.worker_seed(7, context) for context in contexts]
+    assert seeds[0] != seeds[1] and seeds == [pipelines.worker_seed(7, context) for context in contexts]
+    assert all(0 <= seed < 2**31 for seed in seeds)
+    # One input pipeline keeps the seed as given (single-process runs are unchanged); None stays None.
+    assert pipelines.worker_seed(7, tf.distribute.InputContext()) == 7
+    assert pipelines.worker_seed(None, contexts[1]) is None

@@ -206,3 +206,50 @@ def test_base_source_lists_and_filters_through_its_dataset():
     ids, labels = check_listing_matches_the_data(source, "train")
     assert ids.tolist() == ["e", "d", "c", "b", "a"] and labels.tolist() == [0, 1, -1, 1, 0]
     check_subset_dataset(source, "train", ids, labels)
+
+
+def _ids_per_pipeline(read, count):
+    """[ids of pipeline 0, ..., ids of pipeline count-1], each read with its own InputContext."""
+    return [[example["id"].numpy() for example in read(tf.distribute.InputContext(
+        num_input_pipelines=count, input_pipeline_id=index, num_replicas_in_sync=count))]
+        for index in range(count)]
+
+
+def test_tfds_workers_read_their_own_files_and_together_every_example_once(tmp_path):
+    from tests.tfds_records import write_tfds_records
+
+    write_tfds_records(str(tmp_path), "cifar10", {"train": [3, 2, 2, 3]})
+    source = sources.get_source("cifar10", data_dir=str(tmp_path), eval_split=None)
+    shares = _ids_per_pipeline(lambda context: source.dataset(
+        "train", shuffle_files=True, seed=5, input_context=context), 2)
+    files = [{int(i[len("train_"):]) for i in share} for share in shares]
+    # TFDS deals the files out in order: files 0 and 2 (examples 0-2, 5-6) to worker 0, 1 and 3 to worker 1.
+    assert files == [{0, 1, 2, 5, 6}, {3, 4, 7, 8, 9}]
+    assert all(len(share) == 5 for share in shares)
+    ids, _ = source.labels_and_ids("train")  # the subset reader shards the same way
+    subset = _ids_per_pipeline(lambda context: source.subset_dataset(
+        "train", ids[::2], shuffle_files=True, seed=5, input_context=context), 2)
+    assert sorted(subset[0] + subset[1]) == sorted(i.encode() for i in ids[::2])
+    assert {int(i[len("train_"):]) for i in subset[0]} <= files[0]
+
+
+def test_tfds_split_of_fewer_files_than_workers_is_dealt_out_by_example(tmp_path):
+    from tests.tfds_records import write_tfds_records
+
+    write_tfds_records(str(tmp_path), "cifar10", {"train": [4, 4, 4]})
+    source = sources.get_source("cifar10", data_dir=str(tmp_path), eval_split=None)
+    # Four workers, three files: each reads every file, in the shuffled order the shared seed gives.
+    shares = _ids_per_pipeline(lambda context: source.dataset(
+        "train", shuffle_files=True, seed=3, input_context=context), 4)
+    assert sorted(sum(shares, [])) == sorted(f"train_{j:05d}".encode() for j in range(12))
+    assert [len(share) for share in shares] == [3, 3, 3, 3]
+    example = next(iter(source.dataset("train", seed=3, input_context=tf.distribute.InputContext(4, 1, 4))))
+    assert example["image"].shape == (32, 32, 3) and example["image"].dtype == tf.uint8  # decoded after
+    with pytest.raises(ValueError, match="needs a file order they agree on: pass the seed they share"):
+        source.dataset("train", shuffle_files=True, seed=None, input_context=tf.distribute.InputContext(4, 0, 4))
+
+
+def test_too_few_examples_for_the_workers_is_refused():
+    with pytest.raises(ValueError, match="has 3 examples, fewer than the 4 workers"):
+        sources.worker_share([1, 2, 3], tf.distribute.InputContext(4, 0, 4), "Split 'train'")
+    assert sources.worker_share([1, 2, 3], None, "unused") == [1, 2, 3]
