@@ -175,3 +175,22 @@ def test_workers_read_disjoint_shares_of_the_file_list(tmp_path):
         "train", ["a/0.png", "a/2.png", "b/1.png"], input_context=tf.distribute.InputContext(2, index, 2)))
         for index in range(2)]
     assert subset == [["a/0.png", "b/1.png"], ["a/2.png"]]
+
+
+def test_symbolic_links_are_followed_but_never_into_a_folder_already_listed(tmp_path, caplog):
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    for index in range(3):
+        write_image(f"{photos}/a/{index}.png", index)
+    write_image(f"{photos}/b/3.png", 3)
+    write_image(f"{elsewhere}/4.png", 4)
+    os.symlink("..", photos / "a" / "up")  # a loop: ln -s .. photos/a/up
+    os.symlink(photos / "b", photos / "a" / "to_b")  # into another class: b's image is not an "a"
+    os.symlink(elsewhere, photos / "b" / "more")  # a folder listed nowhere else: followed
+    with caplog.at_level(logging.WARNING):
+        source = folders.ImageFolderSource(str(photos), holdout_fraction=0.0)
+    ids, labels = source.labels_and_ids("train")
+    assert dict(zip(ids.tolist(), labels.tolist())) == {
+        "a/0.png": 0, "a/1.png": 0, "a/2.png": 0, "b/3.png": 1, "b/more/4.png": 1}
+    assert source.info.num_examples == {"train": 5}
+    skipped = [record.getMessage() for record in caplog.records if "already listed" in record.getMessage()]
+    assert len(skipped) == 2 and any("a/up" in m for m in skipped) and any("a/to_b" in m for m in skipped)

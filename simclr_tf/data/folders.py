@@ -9,7 +9,9 @@ Layouts:
 Without split subfolders (or with only `train/`), the images form the "train" split minus a held-out
 "validation" split: the files whose relative path hashes (SHA-256) below `holdout_fraction`. The choice
 depends only on the path, so it is the same on every run and machine and a file never moves between splits
-when others are added. Files and folders whose names start with "." are ignored.
+when others are added. Files and folders whose names start with "." are ignored. Symbolic links are
+followed, but never into a folder already listed (by its real path): a link to a parent folder, or from one
+class folder into another, is skipped with a warning instead of listing images twice or under a wrong class.
 
 Images (jpg, jpeg, png, bmp, gif; any case) are decoded when read. A corrupt or unreadable file is reported
 by path: with corrupt_images="skip" it is logged as a warning and left out; with "fail" reading stops with
@@ -40,11 +42,27 @@ def _is_image(name):
     return _is_visible(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder):
-    """Relative paths (with "/") of every image below `folder`, in sorted order."""
+def _claim(path, visited, what):
+    """Adds the real path of folder `path` to `visited`; False (with a warning) if it was already there."""
+    real = os.path.realpath(path)
+    if real in visited:
+        logging.warning("Not listing %s %s again: it leads (through a symbolic link) to %s, which is already "
+                        "listed.", what, path, real)
+        return False
+    visited.add(real)
+    return True
+
+
+def _images_under(folder, visited):
+    """Relative paths (with "/") of every image below `folder`, in sorted order.
+
+    Symbolic links are followed, but never into a folder whose real path is in `visited` (a link to a
+    parent would loop); every folder entered is added to it.
+    """
     found = []
     for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if _is_visible(d))
+        dirs[:] = [d for d in sorted(dirs) if _is_visible(d)
+                   and _claim(os.path.join(parent, d), visited, "folder")]
         relative = os.path.relpath(parent, folder)
         for name in sorted(files):
             if _is_image(name):
@@ -52,12 +70,16 @@ def _images_under(folder):
     return found
 
 
-def _scan(folder):
-    """[(relative path, class name or None)] of one split folder: class subfolders or flat images."""
+def _scan(folder, visited):
+    """[(relative path, class name or None)] of one split folder: class subfolders or flat images.
+
+    `visited` holds the real paths of the folders already listed (see `_images_under`).
+    """
     entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     top_images = [entry.name for entry in entries if entry.is_file() and _is_image(entry.name)]
-    classes = {entry.name: _images_under(entry.path)
-               for entry in entries if entry.is_dir() and _is_visible(entry.name)}
+    class_dirs = [entry for entry in entries if entry.is_dir() and _is_visible(entry.name)
+                  and _claim(entry.path, visited, "class folder")]
+    classes = {entry.name: _images_under(entry.path, visited) for entry in class_dirs}
     classes = {name: paths for name, paths in classes.items() if paths}
     if classes and top_images:
         raise ConfigError(
@@ -131,14 +153,16 @@ class ImageFolderSource(ImageSource):
     def _list_splits(self):
         split_dirs = {name: os.path.join(self.root, name) for name in SPLIT_FOLDERS
                       if os.path.isdir(os.path.join(self.root, name))}
+        visited = {os.path.realpath(self.root)}  # real paths of the folders listed so far
         if "train" not in split_dirs:
-            return self._hold_out({"train": _scan(self.root)})
+            return self._hold_out({"train": _scan(self.root, visited)})
+        visited.update(os.path.realpath(folder) for folder in split_dirs.values())
         ignored = [entry for entry in sorted(os.listdir(self.root))
                    if _is_visible(entry) and entry not in split_dirs]
         if ignored:
             logging.warning("%s has split folders %s; ignoring the other entries %s.",
                             self.root, sorted(split_dirs), ignored)
-        files = {split: [(f"{split}/{path}", name) for path, name in _scan(folder)]
+        files = {split: [(f"{split}/{path}", name) for path, name in _scan(folder, visited)]
                  for split, folder in split_dirs.items()}
         return self._hold_out(files) if len(files) == 1 else files
 
