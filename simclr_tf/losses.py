@@ -86,6 +86,23 @@ def contrastive_metrics(logits_ab, labels):
     }
 
 
+def labelled_loss_and_accuracy(labels, logits):
+    """(mean softmax cross-entropy, top-1 accuracy) over the examples that have a label.
+
+    Examples labelled -1 (unlabelled, e.g. TFDS stl10's `unlabelled` split) are left out of both; a batch
+    without any labelled example gives (0, 0). For the online probe, which trains beside the contrastive
+    loss on every image.
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    weights = tf.cast(labels >= 0, tf.float32)
+    count = tf.reduce_sum(weights)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    return (tf.math.divide_no_nan(tf.reduce_sum(losses * weights), count),
+            tf.math.divide_no_nan(tf.reduce_sum(correct * weights), count))
+
+
 def supervised_loss(labels, logits):
     """Mean softmax cross-entropy of `logits` against integer class `labels` (float32)."""
     logits = tf.cast(logits, tf.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.losses import contrastive_loss, contrastive_metrics, supervised_loss
+from simclr_tf.losses import contrastive_loss, contrastive_metrics, labelled_loss_and_accuracy, supervised_loss
 from tests.subprocess_runner import run_with_devices
 
 
@@ -212,3 +212,19 @@ def test_single_replica_baseline_matches_numpy(single_replica):
     z1, z2 = (rng.normal(size=(GLOBAL_BATCH, PROJECTION_DIM)).astype(np.float32) for _ in "ab")
     expected = numpy_nt_xent(z1, z2, TEMPERATURE, hidden_norm=True)
     np.testing.assert_allclose(single_replica["losses"][0], expected, rtol=1e-5)
+
+
+def test_labelled_loss_and_accuracy_leave_out_unlabelled_examples():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 4)).astype(np.float32)
+    labels = np.array([2, -1, 0, -1, int(np.argmax(logits[4])), 1])
+    loss, accuracy = labelled_loss_and_accuracy(labels, logits)
+    kept = labels >= 0  # the reference: softmax cross-entropy and top-1 on the labelled rows only (numpy)
+    log_softmax = logits[kept] - np.log(np.exp(logits[kept]).sum(-1, keepdims=True))
+    expected_loss = -np.mean(log_softmax[np.arange(kept.sum()), labels[kept]])
+    expected_accuracy = np.mean(np.argmax(logits[kept], -1) == labels[kept])
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-6)
+    assert float(accuracy) == pytest.approx(expected_accuracy) and 0 < expected_accuracy < 1
+    # Equal to the plain loss on the labelled subset; a batch of unlabelled images only gives 0, 0.
+    np.testing.assert_allclose(float(loss), float(supervised_loss(labels[kept], logits[kept])), rtol=1e-6)
+    assert [float(v) for v in labelled_loss_and_accuracy(np.full(6, -1), logits)] == [0.0, 0.0]

@@ -113,3 +113,21 @@ def test_zero_init_logits_layer_starts_the_probe_at_zero_logits():
     logits = model(tf.random.uniform([2, 16, 16, 3]))["logits_sup"]
     np.testing.assert_array_equal(logits.numpy(), np.zeros((2, 4)))
     assert not np.all(tiny_model()(tf.random.uniform([2, 16, 16, 3]))["logits_sup"].numpy() == 0)
+
+
+def test_online_probe_leaves_unlabelled_images_out_of_its_loss_and_accuracy():
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    (view_1, view_2), _ = views_and_labels(batch=6)
+    labels = np.array([1, -1, 3, -1, -1, 0])  # -1: unlabelled (stl10 "unlabelled", ...)
+    # Training-mode logits (batch-norm statistics of this batch), as the step computes them.
+    logits = model(tf.concat([view_1, view_2], 0), training=True)["logits_sup"].numpy()
+    both = np.concatenate([labels, labels])
+    kept = both >= 0
+    log_softmax = logits[kept] - np.log(np.exp(logits[kept]).sum(-1, keepdims=True))
+    expected_loss = -np.mean(log_softmax[np.arange(kept.sum()), both[kept]])
+    expected_accuracy = np.mean(np.argmax(logits[kept], -1) == both[kept])
+    logs = model.train_on_batch((view_1, view_2), labels, return_dict=True)
+    assert np.isfinite(logs["contrast_loss"]) and np.isfinite(logs["loss"])
+    np.testing.assert_allclose(logs["supervised_loss"], expected_loss, rtol=1e-4)
+    assert logs["supervised_acc"] == pytest.approx(expected_accuracy)

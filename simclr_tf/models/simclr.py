@@ -105,13 +105,12 @@ class SimCLRModel(keras.Model):
         updates = {"contrast_loss": contrast_loss}
         updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
         if self.supervised_head is not None:
-            both_labels = tf.concat([labels, labels], axis=0)
-            logits = outputs["logits_sup"]
-            sup_loss = losses.supervised_loss(both_labels, logits)
+            # Unlabelled images (label -1) are left out of the probe; the contrastive loss uses them.
+            sup_loss, sup_acc = losses.labelled_loss_and_accuracy(
+                tf.concat([labels, labels], axis=0), outputs["logits_sup"])
             loss += sup_loss
             updates["supervised_loss"] = sup_loss
-            updates["supervised_acc"] = tf.reduce_mean(tf.cast(
-                tf.equal(tf.argmax(logits, -1, output_type=both_labels.dtype), both_labels), tf.float32))
+            updates["supervised_acc"] = sup_acc
         decay = optimizers.l2_weight_decay_loss(
             self.trainable_variables, self.weight_decay, self.optimizer_name)
         loss += decay
