@@ -3,6 +3,8 @@
 - Two workers take the same steps as one process on the same global batch, and only the chief checkpoints.
 - A worker killed mid-run (SIGKILL) after a checkpoint exists: the whole job, restarted with the same
   commands, resumes from the newest checkpoint's step and finishes at the requested step.
+- Without --seed, two workers reading an image folder or TFDS record files train on disjoint shares that
+  together hold every example once, and neither opens a file of the other's share.
 """
 import json
 import os
