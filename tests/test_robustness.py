@@ -32,6 +32,9 @@ def test_nan_loss_stops_without_checkpointing_the_diverged_state(tmp_path):
 
     # Resuming with an absurd learning rate: step 3 blows the weights up (LARS moves batch-norm scales by
     # lr x gradient), so the loss of step 4 overflows to NaN; the checkpoint due at step 4 must not appear.
+    # (A run's config.json refuses another --learning_rate on resume: remove the record, as for checkpoints
+    # copied without it.)
+    os.remove(os.path.join(model_dir, "config.json"))
     proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY,
                    "--learning_rate=1e30", check=False)
     assert proc.returncode != 0
@@ -43,7 +46,7 @@ def test_nan_loss_stops_without_checkpointing_the_diverged_state(tmp_path):
 
     # Resuming under mixed_float16 (loss-scale variables in the optimizer) is refused, not restarted at 0.
     proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY,
-                   "--precision=mixed_float16", check=False)
+                   "--learning_rate=1e30", "--precision=mixed_float16", check=False)
     assert proc.returncode != 0 and "does not fit this run's optimizer" in proc.stderr
     assert checkpoint_steps(model_dir) == [2]
 
