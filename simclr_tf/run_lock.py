@@ -25,14 +25,31 @@ class RunLockedError(ConfigError):
     """Another live process holds the model_dir's lock; the message names it and the fix."""
 
 
-def _pid_alive(pid):
+def _process_start_time(pid):
+    """When process `pid` started (seconds since the epoch), from Linux's /proc; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _holder_alive(pid, start_time):
+    """Whether the process that wrote a lock at `start_time` still runs as `pid` on this host."""
+    if pid == os.getpid():
+        return False  # A restarted container often gives the new run the pid of the killed one.
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # Exists, owned by another user.
-        return True
-    return True
+        pass
+    started = _process_start_time(pid)
+    # A process that started after the lock was written is another one that reuses the pid.
+    return started is None or not isinstance(start_time, (int, float)) or started <= start_time + 2
 
 
 def _describe(holder):
@@ -93,7 +110,8 @@ class RunLock:
                 continue
             same_host = holder.get("host") == socket.gethostname()
             pid = holder.get("pid")
-            if holder and (not same_host or not isinstance(pid, int) or _pid_alive(pid)):
+            if holder and (not same_host or not isinstance(pid, int)
+                           or _holder_alive(pid, holder.get("start_time"))):
                 where = "" if same_host else (" (another host: this one cannot tell whether it still "
                                               "runs)")
                 raise RunLockedError(

@@ -236,6 +236,7 @@ def test_the_run_in_model_dir_and_its_record_are_guarded(pretrained_run, tmp_pat
     were; a dead process's lock and export are cleaned up by the next run, which reports its progress."""
     import shutil
     import socket
+    import time
 
     model_dir = str(tmp_path / "run")
     shutil.copytree(pretrained_run, model_dir)
@@ -244,7 +245,7 @@ def test_the_run_in_model_dir_and_its_record_are_guarded(pretrained_run, tmp_pat
 
     def write_lock(pid):
         with open(lock_file, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": pid, "start_time": 0}, f)
+            json.dump({"host": socket.gethostname(), "pid": pid, "start_time": time.time()}, f)
 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:

@@ -196,3 +196,30 @@ def test_an_empty_eval_split_is_found_before_training_and_one_class_is_warned(tm
         train._check_data_for_evaluation(dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, mode="train")), source)
     assert "has a single class" in caplog.text and "100%" in caplog.text
+
+
+def test_a_weights_file_checkpoint_that_misfits_or_is_truncated_gets_a_clear_message(tmp_path):
+    from simclr_tf import pretrained, train
+
+    def compiled(width):
+        model_cfg = config_lib.ModelConfig(resnet_depth=18, width_multiplier=width, num_proj_layers=2,
+                                           proj_out_dim=16)
+        model = build_simclr_model(model_cfg, 16, num_classes=0, temperature=0.5, hidden_norm=True,
+                                   weight_decay=0.0, optimizer_name="momentum", seed=0)
+        model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
+        return model
+
+    model_dir = str(tmp_path)
+    path = checkpoints.save(compiled(0.125), model_dir, 1, keep_max=1)
+    pretrained.write_model_config(compiled(0.125), model_dir, 16)
+    # --checkpoint=ckpt-N.weights.h5 with other model flags: the message of the run-directory form.
+    with pytest.raises(config_lib.ConfigError,
+                       match=f"The model of --checkpoint={path} does not match this run's architecture; "
+                             "set the model flags"):
+        train._start_pretraining_from(compiled(0.0625), path)
+    with open(path, "r+b") as f:
+        f.truncate(4096)
+    for load in (lambda: train._start_pretraining_from(compiled(0.125), path),  # pretraining from it
+                 lambda: pretrained.load_trained_model(path)):  # fine-tuning or distilling from it
+        with pytest.raises(checkpoints.DamagedCheckpointError, match=f"The checkpoint {path} is damaged"):
+            load()
