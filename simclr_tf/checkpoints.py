@@ -262,8 +262,9 @@ def restore(model, path):
         raise DamagedCheckpointError(
             f"The checkpoint {path} is damaged and cannot be read ({problem}); it was truncated or "
             "overwritten, e.g. by an interrupted copy. Copy it again, or use another checkpoint.")
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
+    optimizer = getattr(model, "optimizer", None)  # None, or no attribute at all, when not compiled
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
     try:
         model.load_weights(path)
     except ValueError as error:
@@ -321,7 +322,7 @@ def _set_aside(path):
 def _check_optimizer_restored(model, path):
     """Keras only warns when the saved optimizer state does not fit; resuming then restarts at step 0."""
     match = _NAME.search(os.path.basename(path))
-    if model.optimizer is None or not match or int(match.group(1)) == 0:
+    if getattr(model, "optimizer", None) is None or not match or int(match.group(1)) == 0:
         return
     if int(model.optimizer.iterations.numpy()) == 0:
         raise ConfigError(

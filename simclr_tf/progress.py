@@ -65,14 +65,6 @@ class TrainingProgress(keras.callbacks.Callback):
         self._last_output = self._begin
         self._last_step_reported = self.start_step
         self._first = None
-        what = "a progress bar" if self.bar else "progress"
-        logging.info("Training steps %d..%d (%s every %s).", self.start_step, self.total_steps, what,
-                     "redraw" if self.bar else self._cadence())
-
-    def _cadence(self):
-        parts = ([f"{self.every_steps} steps"] if self.every_steps else []) + (
-            [f"{self.every_secs:g} s"] if self.every_secs else [])
-        return " or ".join(parts) or "the last step"
 
     def report(self, step, logs=None):
         """The progress line at `step` (also the bar's text); records the time of the first step."""
@@ -121,4 +113,5 @@ class TrainingProgress(keras.callbacks.Callback):
             self.stream.flush()
         if self._first is not None:
             elapsed = self.clock() - self._begin
-            logging.info("Trained steps %d..%d in %s.", self.start_step, self._step(), _duration(elapsed))
+            logging.info("Trained from step %d to %d in %s.", self.start_step, self._step(),
+                         _duration(elapsed))

@@ -201,3 +201,13 @@ def test_no_space_for_a_checkpoint_is_one_error_and_the_previous_one_stays(tmp_p
     with pytest.raises(checkpoints.DiskFullError, match="for the checkpoint of step 3"):
         checkpoints.save(model, model_dir, 3, keep_max=1)
     assert os.listdir(model_dir) == [os.path.basename(previous)]
+
+
+def test_an_uncompiled_model_restores_the_weights(tmp_path):  # how fine-tuning and export read a run
+    model = tiny_model()
+    model.train_on_batch(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))
+    checkpoints.save(model, str(tmp_path), 1, keep_max=1)
+    uncompiled = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert checkpoints.restore_latest(uncompiled, str(tmp_path))[0] == 1
+    for expected, restored in zip(model.weights, uncompiled.weights):
+        np.testing.assert_array_equal(expected.numpy(), restored.numpy())

@@ -49,7 +49,7 @@ def test_log_lines_give_the_real_step_rate_and_time_left(caplog):
         "Step 43/100 (43%), 2.00 steps/s, 500 ms/step, 0:28 left, loss 2",  # 57 steps x 0.5 s = 28.5 s
         "Step 45/100 (45%), 2.00 steps/s, 500 ms/step, 0:28 left, loss 2",  # 55 x 0.5 = 27.5, rounded
     ]
-    assert "Trained steps 40..45 in 0:22." in caplog.text
+    assert "Trained from step 40 to 45 in 0:22." in caplog.text
 
 
 def test_log_lines_come_every_n_seconds_and_at_the_last_step(caplog):
