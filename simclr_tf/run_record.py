@@ -114,14 +114,15 @@ def architecture_of(model):
 
 
 def with_architecture_used(cfg, model):
-    """`cfg` with the architecture of `model` when it came from --checkpoint; warns about each flag that
-    said otherwise (the flags cannot change a trained encoder, so the checkpoint's architecture wins)."""
-    if not _takes_architecture_from_checkpoint(cfg):
-        return cfg
+    """`cfg` with the architecture of a fine-tuning or distillation `model` (taken from --checkpoint, or
+    from model_config.json when resuming); warns about each --checkpoint flag that said otherwise (the
+    flags cannot change a trained encoder, so the checkpoint's architecture wins)."""
+    if cfg.train.train_mode not in ("finetune", "distill"):
+        return cfg  # Pretraining builds the model from its flags.
     used = architecture_of(model)
     ignored = [(name, getattr(cfg.model, name), value) for name, value in used.items()
                if getattr(cfg.model, name) != value]
-    if ignored:
+    if ignored and cfg.train.checkpoint:
         logging.warning(
             "--checkpoint=%s fixes the architecture, so these flags are ignored: %s. %s records the "
             "architecture used; drop the flags or set them to the checkpoint's values to silence this.",
@@ -129,3 +130,13 @@ def with_architecture_used(cfg, model):
             ", ".join(f"--{name}={flag!r} (the checkpoint has {value!r})" for name, flag, value in ignored),
             CONFIG_FILE)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **used))
+
+
+def for_resume(cfg, model_dir):
+    """The record of a resumed run: `cfg`, keeping the --checkpoint the run started from (a resume
+    ignores --checkpoint, so its value there says nothing about the checkpoints)."""
+    recorded = read(model_dir)
+    if recorded is None:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                              checkpoint=recorded.train.checkpoint))

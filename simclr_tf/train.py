@@ -257,7 +257,9 @@ def train(ctx: RunContext):
         if ctx.chief:  # Reported before any step is spent: unwritable model_dir, not enough space.
             checkpoints.check_writable(model_dir, checkpoints.needed_bytes(
                 ctx.model, model_dir, cfg.train.keep_checkpoint_max))
-            run_record.write(ctx.recorded_cfg)  # Only now: a refused invocation leaves the record as it was.
+            # Only now: a refused invocation leaves the record as it was.
+            run_record.write(run_record.for_resume(ctx.recorded_cfg, model_dir) if latest
+                             else ctx.recorded_cfg)
         callbacks = [
             StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
             checkpoints.StopAtStep(ctx.total_steps),

@@ -68,3 +68,10 @@ def test_finetuning_records_the_architecture_of_its_checkpoint(tmp_path, caplog)
             in caplog.text)
     assert ctx.recorded_cfg.model == dataclasses.replace(cfg.model, resnet_depth=18, width_multiplier=0.125)
     assert not os.path.exists(run_record.config_path(cfg.train.model_dir))  # written when training starts
+
+
+def test_a_resume_keeps_the_checkpoint_the_run_started_from_in_its_record(tmp_path):
+    recorded = make(str(tmp_path), train_mode="finetune", checkpoint="/runs/pretrained")
+    run_record.write(recorded)
+    resumed = replace(recorded, "train", checkpoint=None, train_steps=8)
+    assert run_record.for_resume(resumed, str(tmp_path)) == replace(recorded, "train", train_steps=8)
