@@ -78,12 +78,12 @@ def is_disk_full(error):
     return "No space left on device" in str(error) or type(error).__name__ == "ResourceExhaustedError"
 
 
-def disk_full_error(directory, needed, what):
+def disk_full_error(directory, needed, what, keep_flag="--keep_checkpoint_max"):
     free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
     return DiskFullError(
         f"No space left in {directory} for {what}: it needs about {needed / 2**20:.1f} MiB, "
         f"{free / 2**20:.1f} MiB are free. The previous files there are intact; free some space (or point "
-        "--model_dir at a larger disk, or lower --keep_checkpoint_max) and run the same command again.")
+        f"--model_dir at a larger disk, or lower {keep_flag}) and run the same command again.")
 
 
 def _filter_disk_full_reports():

@@ -292,8 +292,8 @@ def export_run(model, model_dir, step, image_size, keep_max):
         shutil.rmtree(partial, ignore_errors=True)
         if checkpoints.is_disk_full(error):
             raise checkpoints.disk_full_error(
-                root, _estimated_export_bytes(model, model_dir), f"the SavedModel export of step {step}"
-            ) from None
+                root, _estimated_export_bytes(model, model_dir), f"the SavedModel export of step {step}",
+                keep_flag="--keep_hub_module_max") from None
         raise
     if os.path.exists(final):
         os.replace(final, replaced)
@@ -324,12 +324,12 @@ def _tree_bytes(path):
 
 
 def _estimated_export_bytes(model, model_dir):
-    """The size of the newest complete export, or else 4x the model's weights (the SavedModel's
-    variables, model.keras and encoder.keras, and a graph of about the same size: measured ~4.1x)."""
+    """The size of the newest complete export, or else 6x the model's weights (the SavedModel's
+    variables, model.keras, encoder.keras and the graph: 4.1 MB for a ResNet-18 x 0.125's 0.73 MB)."""
     exports = list_exports(model_dir)
     if exports:
         return _tree_bytes(exports[-1][1])
-    return 4 * sum(int(v.numpy().nbytes) for v in model.weights)
+    return 6 * sum(int(v.numpy().nbytes) for v in model.weights)
 
 
 def _check_export_dir(path):

@@ -45,7 +45,8 @@ def read(model_dir):
         return None
     with open(path) as f:
         values = json.load(f)
-    known = {f.name: {g.name for g in dataclasses.fields(f.type)} for f in dataclasses.fields(config_lib.Config)}
+    known = {f.name: {g.name for g in dataclasses.fields(f.type)}
+             for f in dataclasses.fields(config_lib.Config)}
     return config_lib.Config.from_dict({section: {k: v for k, v in values.get(section, {}).items()
                                                   if k in known[section]} for section in known})
 

@@ -138,7 +138,8 @@ def test_a_damaged_newest_checkpoint_is_named_skipped_and_kept(tmp_path, caplog)
     # Read-only (eval, export): falls back to step 2 and leaves the damaged file where it is.
     restored = tiny_model()
     with caplog.at_level("WARNING"):
-        assert checkpoints.restore_latest(restored, model_dir) == (2, checkpoints.checkpoint_path(model_dir, 2))
+        latest = checkpoints.restore_latest(restored, model_dir)
+    assert latest == (2, checkpoints.checkpoint_path(model_dir, 2))
     assert int(restored.optimizer.iterations.numpy()) == 2
     assert f"The checkpoint {newest} is damaged" in caplog.text and "kept as" in caplog.text
     assert os.path.getsize(newest) == 100
