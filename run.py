@@ -3,6 +3,7 @@
   python run.py --mode=train_then_eval --flagfile=flags/builtin_quickstart.flags
 """
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,7 +24,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
-    from simclr_tf import interrupts, train
+    from simclr_tf import checkpoints, interrupts, train
 
     # Ctrl-C and SIGTERM (a preemption notice, `kill`, a scheduler's stop) end the run at a step boundary.
     interrupts.install_handlers()
@@ -36,6 +37,13 @@ def main(argv):
         logging.warning("%s", message)
         print(message)
         raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except checkpoints.DiskFullError as error:
+        # One line and exit 1. Hard exit: after a write that failed for lack of space h5py may still hold
+        # the file, and HDF5's cleanup at interpreter exit then crashes (SIGSEGV, exit 139).
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     except (config_lib.ConfigError, FileNotFoundError, train.NonFiniteLossError) as error:
         logging.error("%s", error)
         raise SystemExit(f"error: {error}") from None

@@ -13,12 +13,15 @@ different: it may read on-read variables, which is a collective every worker mus
 of every worker saving, the non-chief ones to temporary directories they then delete.
 """
 import contextlib
+import errno
+import gc
 import glob
 import itertools
 import math
 import os
 import re
 import shutil
+import sys
 
 import keras
 import numpy as np
@@ -28,6 +31,7 @@ from simclr_tf import distribute
 from simclr_tf.config import ConfigError
 
 _NAME = re.compile(r"ckpt-(\d+)\.weights\.h5$")
+DAMAGED_INFIX = ".damaged"
 _save_attempts = itertools.count()
 # Before the optimizer is built its slots are estimated as two per trainable weight (LARS and momentum
 # have one, Adam two); the h5 file adds its metadata on top (~3% for small models, measured).
@@ -63,20 +67,87 @@ def _fsync(path):
         os.close(fd)
 
 
+class DiskFullError(ConfigError):
+    """The filesystem of model_dir ran out of space; the message names the directory and the space needed."""
+
+
+def is_disk_full(error):
+    """Whether `error` (an OSError, h5py's OSError or a TensorFlow error) says the disk is full."""
+    if getattr(error, "errno", None) == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error) or type(error).__name__ == "ResourceExhaustedError"
+
+
+def disk_full_error(directory, needed, what, keep_flag="--keep_checkpoint_max"):
+    free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
+    return DiskFullError(
+        f"No space left in {directory} for {what}: it needs about {needed / 2**20:.1f} MiB, "
+        f"{free / 2**20:.1f} MiB are free. The previous files there are intact; free some space (or point "
+        f"--model_dir at a larger disk, or lower {keep_flag}) and run the same command again.")
+
+
+def _filter_disk_full_reports():
+    """Makes Python drop its reports of exceptions that say the disk is full and that it ignores (h5py's
+    finalizers raise dozens of them after a failed write); returns the previous hooks."""
+    hooks = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, traceback):
+        if not is_disk_full(value):
+            hooks[0](kind, value, traceback)
+
+    def unraisablehook(unraisable):
+        if not is_disk_full(unraisable.exc_value):
+            hooks[1](unraisable)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    return hooks
+
+
+@contextlib.contextmanager
+def _quiet_disk_full_reports():
+    hooks = _filter_disk_full_reports()
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
+
+
 def save(model, model_dir, step, keep_max):
-    """Writes the checkpoint of `step` atomically and keeps only the newest `keep_max`."""
+    """Writes the checkpoint of `step` atomically and keeps only the newest `keep_max`.
+
+    Raises DiskFullError, with the previous checkpoints untouched, when the disk has too little space for
+    it (checked before writing, and when the write itself fails for lack of space).
+    """
     os.makedirs(model_dir, exist_ok=True)
     final = checkpoint_path(model_dir, step)
+    needed = estimated_checkpoint_bytes(model)
+    if shutil.disk_usage(model_dir).free < needed:
+        raise disk_full_error(model_dir, needed, f"the checkpoint of step {int(step)}")
     # A name of its own per attempt: an interrupted save may still hold its file open.
     partial = final.replace(".weights.h5", f".partial-{os.getpid()}-{next(_save_attempts)}.weights.h5")
+    disk_full = False
     try:
-        model.save_weights(partial)
+        with _quiet_disk_full_reports():
+            model.save_weights(partial)
         _fsync(partial)  # The data reaches the disk before the name does.
         os.replace(partial, final)
-    except BaseException:  # Ctrl-C or an error mid-write: leave no partial file behind.
+    except BaseException as error:  # Ctrl-C or an error mid-write: leave no partial file behind.
+        if not isinstance(error, OSError) or not is_disk_full(error):
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            raise
+        # The traceback holds h5py's open file, whose close fails too and is reported when the traceback
+        # is released, as the except block ends: filter those reports until it is collected.
+        hooks = _filter_disk_full_reports()
+        disk_full = True
+    if disk_full:
+        try:
+            gc.collect()
+        finally:
+            sys.excepthook, sys.unraisablehook = hooks
         with contextlib.suppress(OSError):
             os.remove(partial)
-        raise
+        raise disk_full_error(model_dir, needed, f"the checkpoint of step {int(step)}")
     _fsync(model_dir)  # And the rename itself.
     for _, old in list_checkpoints(model_dir)[:-keep_max]:
         os.remove(old)
@@ -161,23 +232,97 @@ def needed_bytes(model, model_dir, keep_max):
     return max(1, keep_max + 1 - existing) * estimated_checkpoint_bytes(model)
 
 
+class DamagedCheckpointError(ConfigError):
+    """A checkpoint file that cannot be read (truncated, or not HDF5); the message names it."""
+
+
+def damage(path):
+    """Why `path` is not a readable checkpoint file (h5py's reason), or None when it opens."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return None
+    except OSError as error:
+        return str(error)
+
+
 def restore(model, path):
-    """Loads weights and optimizer state from `path` into a built, compiled model."""
+    """Loads weights and optimizer state from `path` into a built, compiled model.
+
+    Raises DamagedCheckpointError for a file that cannot be read, ConfigError for one written by a model
+    of another architecture (both naming the file).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Checkpoint {path} does not exist. Pass an existing ckpt-*.weights.h5 file to "
             "--checkpoint, or leave it unset to start from scratch.")
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model.load_weights(path)
+    problem = damage(path)
+    if problem:
+        raise DamagedCheckpointError(
+            f"The checkpoint {path} is damaged and cannot be read ({problem}); it was truncated or "
+            "overwritten, e.g. by an interrupted copy. Copy it again, or use another checkpoint.")
+    optimizer = getattr(model, "optimizer", None)  # None, or no attribute at all, when not compiled
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        summary = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"The checkpoint {path} does not fit this run's model ({summary}): it was written by a model of "
+            "another architecture. Set the model flags (--resnet_depth, --width_multiplier, --sk_ratio, "
+            "--se_ratio, --proj_head_mode, --num_proj_layers, --proj_out_dim) to those it was trained "
+            "with (its run's config.json has them).") from None
     _check_optimizer_restored(model, path)
     logging.info("Restored %s", path)
+
+
+def restore_latest(model, model_dir, set_aside=False):
+    """Restores the newest checkpoint of `model_dir` that loads; returns its `(step, path)`, or None.
+
+    A damaged newer checkpoint is skipped with a warning naming it, never deleted. With `set_aside`
+    (the run that holds model_dir's lock and will write new checkpoints) it is renamed to
+    `ckpt-<step>.damaged.weights.h5`, so that it is neither retried nor overwritten by a new save.
+    """
+    found = list_checkpoints(model_dir) if os.path.isdir(model_dir) else []
+    skipped = []
+    for step, path in reversed(found):
+        try:
+            restore(model, path)
+        except DamagedCheckpointError as error:
+            kept = path
+            if set_aside:
+                kept = _set_aside(path)
+            logging.warning("%s Skipping it and resuming from the newest checkpoint that loads; it is "
+                            "kept as %s.", error, kept)
+            skipped.append(kept)
+            continue
+        if skipped:
+            logging.warning("Resumed from %s (step %d), skipping the damaged %s.", path, step,
+                            ", ".join(skipped))
+        return step, path
+    if skipped:
+        raise DamagedCheckpointError(
+            f"No checkpoint in {model_dir} can be read: {', '.join(skipped)} are damaged. Copy them "
+            "again, or move them away to start the run from scratch.")
+    return None
+
+
+def _set_aside(path):
+    target = path.replace(".weights.h5", f"{DAMAGED_INFIX}.weights.h5")
+    for attempt in itertools.count(1):
+        if not os.path.exists(target):
+            break
+        target = path.replace(".weights.h5", f"{DAMAGED_INFIX}-{attempt}.weights.h5")
+    os.replace(path, target)
+    return target
 
 
 def _check_optimizer_restored(model, path):
     """Keras only warns when the saved optimizer state does not fit; resuming then restarts at step 0."""
     match = _NAME.search(os.path.basename(path))
-    if model.optimizer is None or not match or int(match.group(1)) == 0:
+    if getattr(model, "optimizer", None) is None or not match or int(match.group(1)) == 0:
         return
     if int(model.optimizer.iterations.numpy()) == 0:
         raise ConfigError(

@@ -179,7 +179,7 @@ class TrainConfig:
     eval_name: Optional[str] = None
     random_encoder_baseline: bool = False
     seed: Optional[int] = None
-    verbose: int = 2
+    verbose: int = 1
     precision: str = "float32"
     jit_compile: bool = False
     grad_accum_steps: int = 1
@@ -188,6 +188,9 @@ class TrainConfig:
     distill_temperature: float = 1.0
     distill_label_weight: float = 0.0
     variable_schema: Optional[str] = None  # Accepted for the reference's command lines; see validate().
+    # Progress reporting (issue 13): with verbose=1 a bar on a terminal, else (or verbose=2) log lines.
+    log_every_steps: int = 0
+    log_every_secs: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +285,7 @@ def validate(cfg: Config) -> Config:
     _positive(model.width_multiplier, "width_multiplier")
     _positive(train.temperature, "temperature")
     _positive(train.keep_checkpoint_max, "keep_checkpoint_max")
+    _check_schedule_values(optim, train)
     if train.train_steps <= 0 and train.train_epochs <= 0:
         raise ConfigError("Neither --train_steps nor --train_epochs is positive; set one of them.")
     if train.checkpoint_steps <= 0 and train.checkpoint_epochs <= 0:
@@ -357,6 +361,23 @@ def _check_label_subset(data: DataConfig, train: TrainConfig):
             "A labelled subset (--label_fraction/--labels_per_class) applies to --train_mode=finetune "
             "or distill; pretraining uses every image without its label. Remove the flag or change "
             "--train_mode.")
+
+
+def _check_schedule_values(optim: OptimConfig, train: TrainConfig):
+    """Values that would silently train nothing, or train an untrained model into an export."""
+    if not optim.learning_rate > 0:  # also NaN
+        raise ConfigError(
+            f"--learning_rate={optim.learning_rate} must be positive: it is the base rate (per 256 examples "
+            "with --learning_rate_scaling=linear); e.g. 0.3 for LARS, 0.1 for momentum, 0.001 for adam.")
+    pairs = {"train_steps": "train_epochs", "train_epochs": "train_steps",
+             "checkpoint_steps": "checkpoint_epochs", "checkpoint_epochs": "checkpoint_steps"}
+    for name, other in pairs.items():
+        value = getattr(train, name)
+        if value < 0:
+            raise ConfigError(f"--{name}={value} is negative; use a positive number, or 0 to leave it "
+                              f"unset (then --{other} decides).")
+    if train.log_every_steps < 0 or train.log_every_secs < 0:
+        raise ConfigError("--log_every_steps and --log_every_secs must be 0 (off) or positive.")
 
 
 def _check_distillation(train: TrainConfig):

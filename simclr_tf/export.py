@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 from absl import logging as absl_logging
 
+from simclr_tf import checkpoints
 from simclr_tf.config import ConfigError
 from simclr_tf.models.resnet import ENDPOINT_NAMES
 
@@ -284,12 +285,15 @@ def export_run(model, model_dir, step, image_size, keep_max):
     partial = os.path.join(root, f"{_PARTIAL_PREFIX}{step}")
     replaced = os.path.join(root, f"{_REPLACED_PREFIX}{step}")
     os.makedirs(root, exist_ok=True)
-    for leftover in (partial, replaced):  # from a run killed while exporting this step
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_stale_partials(model_dir)  # of runs killed while exporting (the run lock keeps others out)
     try:
         export_saved_model(model, partial, image_size)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
+        if checkpoints.is_disk_full(error):
+            raise checkpoints.disk_full_error(
+                root, _estimated_export_bytes(model, model_dir), f"the SavedModel export of step {step}",
+                keep_flag="--keep_hub_module_max") from None
         raise
     if os.path.exists(final):
         os.replace(final, replaced)
@@ -298,6 +302,34 @@ def export_run(model, model_dir, step, image_size, keep_max):
     for _, old in list_exports(model_dir)[:-keep_max]:
         shutil.rmtree(old)
     return final
+
+
+def remove_stale_partials(model_dir):
+    """Deletes every unfinished export (`saved_model/.partial-<step>`, `.replaced-<step>`) a killed run
+    left, whatever its step; returns their paths. Only the process holding model_dir's lock calls it."""
+    root = os.path.join(model_dir, EXPORTS_DIR)
+    if not os.path.isdir(root):
+        return []
+    stale = [os.path.join(root, name) for name in sorted(os.listdir(root))
+             if name.startswith((_PARTIAL_PREFIX, _REPLACED_PREFIX))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+        absl_logging.info("Removed the unfinished export %s of an interrupted run.", path)
+    return stale
+
+
+def _tree_bytes(path):
+    return sum(os.path.getsize(os.path.join(folder, name))
+               for folder, _, names in os.walk(path) for name in names)
+
+
+def _estimated_export_bytes(model, model_dir):
+    """The size of the newest complete export, or else 6x the model's weights (the SavedModel's
+    variables, model.keras, encoder.keras and the graph: 4.1 MB for a ResNet-18 x 0.125's 0.73 MB)."""
+    exports = list_exports(model_dir)
+    if exports:
+        return _tree_bytes(exports[-1][1])
+    return 6 * sum(int(v.numpy().nbytes) for v in model.weights)
 
 
 def _check_export_dir(path):

@@ -88,7 +88,9 @@ _FLAG_HELP = [
                                          "features of the trained encoder and of a randomly initialized "
                                          "one (small datasets: it embeds the whole train split)."),
     ("train", "seed", "Seed of model initialization."),
-    ("train", "verbose", "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."),
+    ("train", "verbose", "Training progress: 0 silent, 1 a progress bar on a terminal (elsewhere log "
+                         "lines, see --log_every_secs), 2 log lines always. Both give the run's step "
+                         "out of its total, time per step, steps/s and the time left."),
     ("train", "precision", "Numeric precision: float32, mixed_bfloat16 or mixed_float16 (computations in "
                            "16 bits, variables, batch norm statistics and losses in float32; float16 adds "
                            "dynamic loss scaling), or auto: mixed_float16 on GPUs of compute capability "
@@ -113,6 +115,10 @@ _FLAG_HELP = [
     ("train", "variable_schema", "Accepted for the reference's command lines and otherwise unused: the "
                                  "encoder and kept projection layers are restored from --checkpoint, "
                                  "never a classifier or optimizer state."),
+    # Progress reporting (issue 13).
+    ("train", "log_every_steps", "Progress log lines (--verbose=2, or 1 off a terminal): one every this "
+                                 "many steps (0: by time only)."),
+    ("train", "log_every_secs", "Progress log lines: one every this many seconds (0: by step count only)."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),

@@ -75,7 +75,7 @@ def _load_h5_checkpoint(path):
             "cannot be rebuilt. Keep the checkpoint in its run's model_dir (every run writes "
             f"{MODEL_CONFIG_FILE} there), or pass the run's exported SavedModel or a .keras file.")
     model, _ = model_from_config_file(config_file, compile=False)
-    model.load_weights(path)
+    checkpoints.restore(model, path)  # a damaged or misfitting file gets a message naming it
     return model
 
 

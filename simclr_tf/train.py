@@ -20,6 +20,9 @@ from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf import precision
 from simclr_tf import pretrained
+from simclr_tf import progress
+from simclr_tf import run_lock
+from simclr_tf import run_record
 from simclr_tf import tasks
 from simclr_tf.data import pipelines
 from simclr_tf.data import sources
@@ -93,6 +96,21 @@ class RunContext:
                 "or leave --checkpoint unset to start from scratch.")
         self.strategy = distribute.build_strategy(cfg.distribute)
         self.chief = distribute.is_chief(self.strategy)  # Only the chief writes files.
+        self.lock = None  # Training writes to model_dir: one process at a time (the chief, for a cluster).
+        if self.chief and cfg.train.mode in ("train", "train_then_eval"):
+            self.lock = run_lock.RunLock(cfg.train.model_dir).acquire()
+        try:
+            self._prepare(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        """Releases model_dir's run lock, if this context holds it."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _prepare(self, cfg):
         # After the strategy (auto looks for its TPU), before the model (layers read the policy).
         self.precision = precision.apply_precision(cfg.train.precision)
         logging.info("Training in %s%s.", self.precision, " with XLA" if cfg.train.jit_compile else "")
@@ -103,6 +121,7 @@ class RunContext:
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
         info = self.source.info
+        _check_data_for_evaluation(cfg, self.source)
         pretraining = cfg.train.train_mode == "pretrain"
         self.probe = pretraining and cfg.train.lineareval_while_pretraining and info.num_classes > 0
         if pretraining and cfg.train.lineareval_while_pretraining and not self.probe:
@@ -122,6 +141,9 @@ class RunContext:
             cfg.train.train_steps)
         with self.strategy.scope():
             self.model = self._build_model()
+        # What config.json records: the architecture actually built (from --checkpoint when fine-tuning).
+        self.recorded_cfg = run_record.with_architecture_used(cfg, self.task.model_to_export(self.model))
+        with self.strategy.scope():
             schedule = optimizers.WarmUpAndCosineDecay(
                 cfg.optim.learning_rate, self.num_train_examples, cfg.train.train_batch_size,
                 warmup_epochs=cfg.optim.warmup_epochs, train_epochs=cfg.train.train_epochs,
@@ -152,6 +174,25 @@ class RunContext:
         return int(self.model.optimizer.iterations.numpy())
 
 
+def _check_data_for_evaluation(cfg, source):
+    """Before any training: an eval split that would be empty is refused, and a labelled run on a
+    single class is warned about (its accuracy is 100% whatever the model learns)."""
+    evaluates = cfg.train.mode in ("eval", "train_then_eval")
+    if evaluates and source.num_examples(cfg.data.eval_split) == 0:
+        raise config_lib.ConfigError(
+            f"--eval_split={cfg.data.eval_split} of {cfg.data.dataset} has no examples, so there would be "
+            "nothing to evaluate after training. Pass --eval_split with a split that has examples (for an "
+            "image folder: put evaluation images in a test/ folder beside train/ and pass "
+            "--eval_split=test, or add images: about 10% of them, chosen by path, are held out as "
+            "'validation'), or use --mode=train.")
+    labelled = cfg.train.train_mode != "pretrain" or cfg.train.lineareval_while_pretraining
+    if labelled and source.info.num_classes == 1:
+        logging.warning(
+            "%s has a single class: every prediction is that class, so top-1 and top-5 accuracy are "
+            "100%% whatever the model learns. For an accuracy that means something, use two or more "
+            "classes (one subfolder per class in an image folder).", cfg.data.dataset)
+
+
 def _write_json(path, payload):
     partial = path + ".partial"
     with open(partial, "w") as f:
@@ -159,21 +200,32 @@ def _write_json(path, payload):
     os.replace(partial, path)
 
 
+def _architecture_mismatch(path, part):
+    return config_lib.ConfigError(
+        f"The {part} of --checkpoint={path} does not match this run's architecture; set the "
+        "model flags (--resnet_depth, --width_multiplier, --sk_ratio, --se_ratio, --proj_head_mode, "
+        "--num_proj_layers, --proj_out_dim) to those of the checkpoint.")
+
+
 def _start_pretraining_from(model, path):
     """--checkpoint for pretraining: our checkpoint resumes weights and optimizer state; any other format
     (a .keras file, an export, a reference checkpoint) gives the encoder and projection head weights."""
     if path.endswith(".weights.h5"):
-        checkpoints.restore(model, path)
+        try:
+            checkpoints.restore(model, path)
+        except checkpoints.DamagedCheckpointError:
+            raise
+        except config_lib.ConfigError as error:
+            if "does not fit this run's model" not in str(error):
+                raise
+            raise _architecture_mismatch(path, "model") from None
         return
     source = pretrained.load_trained_model(path)
     for part in ("encoder", "projection_head"):
         mine, theirs = getattr(model, part), getattr(source, part)
         shapes = [tuple(w.shape) for w in mine.weights], [tuple(w.shape) for w in theirs.weights]
         if shapes[0] != shapes[1]:
-            raise config_lib.ConfigError(
-                f"The {part} of --checkpoint={path} does not match this run's architecture; set the "
-                "model flags (--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, "
-                "--num_proj_layers, --proj_out_dim) to those of the checkpoint.")
+            raise _architecture_mismatch(path, part)
         mine.set_weights(theirs.get_weights())
     logging.info("Initialized the encoder and projection head from %s.", path)
 
@@ -183,11 +235,10 @@ def train(ctx: RunContext):
     (unless --keep_hub_module_max=0). Returns the export's path, or None."""
     cfg = ctx.cfg
     model_dir = cfg.train.model_dir
-    latest = checkpoints.latest_checkpoint(model_dir)
     with ctx.strategy.scope():
-        if latest:
-            checkpoints.restore(ctx.model, latest[1])
-        elif cfg.train.checkpoint and cfg.train.train_mode == "pretrain":
+        # The newest checkpoint that loads; a damaged one is set aside (renamed, never deleted) on the chief.
+        latest = checkpoints.restore_latest(ctx.model, model_dir, set_aside=ctx.chief)
+        if not latest and cfg.train.checkpoint and cfg.train.train_mode == "pretrain":
             _start_pretraining_from(ctx.model, cfg.train.checkpoint)
     # Workers that resumed from different steps would train out of step: stop before the first collective.
     distribute.check_workers_agree(ctx.strategy, ctx.global_step, "the step to resume from")
@@ -197,6 +248,8 @@ def train(ctx: RunContext):
     start = ctx.global_step
     if start >= ctx.total_steps:
         logging.info("Already trained %d of %d steps; nothing to do.", start, ctx.total_steps)
+        if ctx.chief and run_record.read(model_dir) is None:
+            run_record.write(ctx.recorded_cfg)
     else:
         what = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "distill": "Distilling"}
         logging.info("%s steps %d..%d, checkpoint every %d steps.", what[cfg.train.train_mode], start,
@@ -204,12 +257,19 @@ def train(ctx: RunContext):
         if ctx.chief:  # Reported before any step is spent: unwritable model_dir, not enough space.
             checkpoints.check_writable(model_dir, checkpoints.needed_bytes(
                 ctx.model, model_dir, cfg.train.keep_checkpoint_max))
+            # Only now: a refused invocation leaves the record as it was.
+            run_record.write(run_record.for_resume(ctx.recorded_cfg, model_dir) if latest
+                             else ctx.recorded_cfg)
         callbacks = [
             StopOnNonFiniteLoss(model_dir),  # First: nothing else may see, or save, a diverged step.
             checkpoints.StopAtStep(ctx.total_steps),
             checkpoints.PeriodicCheckpoint(model_dir, cfg.train.keep_checkpoint_max, chief=ctx.chief),
             interrupts.StopOnSignal(),  # After the checkpoint: a step due for one is saved first.
         ]
+        if cfg.train.verbose:  # The run's own steps; Keras's progress would count checkpoint intervals.
+            callbacks.append(progress.TrainingProgress(
+                ctx.total_steps, start, every_steps=cfg.train.log_every_steps,
+                every_secs=cfg.train.log_every_secs, bar=None if cfg.train.verbose == 1 else False))
         if ctx.chief:
             callbacks.append(keras.callbacks.TensorBoard(
                 log_dir=model_dir, update_freq=cfg.train.train_summary_steps or "epoch"))
@@ -220,7 +280,7 @@ def train(ctx: RunContext):
             with interrupts.steps_finish_before_stopping():
                 ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
                               epochs=math.ceil(ctx.total_steps / interval), initial_epoch=start // interval,
-                              steps_per_epoch=interval, callbacks=callbacks, verbose=cfg.train.verbose,
+                              steps_per_epoch=interval, callbacks=callbacks, verbose=0,
                               shuffle=False)  # the dataset shuffles itself
         except KeyboardInterrupt:
             saved = checkpoints.save_on_interrupt(ctx.model, model_dir, cfg.train.keep_checkpoint_max,
@@ -239,15 +299,16 @@ def evaluate(ctx: RunContext, checkpoint=None):
     """Evaluates on eval_split (the online probe when pretraining, the classifier otherwise); writes and
     returns result.json's content."""
     cfg = ctx.cfg
-    if checkpoint is None:
-        latest = checkpoints.latest_checkpoint(cfg.train.model_dir)
-        if latest is None:
-            raise FileNotFoundError(
-                f"No checkpoint (ckpt-*.weights.h5) in {cfg.train.model_dir} to evaluate. Train first "
-                "(--mode=train or train_then_eval) or point --model_dir at a trained run.")
-        checkpoint = latest[1]
     with ctx.strategy.scope():
-        checkpoints.restore(ctx.model, checkpoint)
+        if checkpoint is None:
+            latest = checkpoints.restore_latest(ctx.model, cfg.train.model_dir)  # skips damaged ones
+            if latest is None:
+                raise FileNotFoundError(
+                    f"No checkpoint (ckpt-*.weights.h5) in {cfg.train.model_dir} to evaluate. Train first "
+                    "(--mode=train or train_then_eval) or point --model_dir at a trained run.")
+            checkpoint = latest[1]
+        else:
+            checkpoints.restore(ctx.model, checkpoint)
     num_eval = ctx.source.info.num_examples[cfg.data.eval_split]
     dataset = pipelines.distributed(
         ctx.strategy, pipelines.build_eval_dataset, cfg.train.eval_batch_size,
@@ -335,8 +396,7 @@ def export(cfg: config_lib.Config):
     config_file = os.path.join(model_dir, pretrained.MODEL_CONFIG_FILE)
     if latest and os.path.isfile(config_file):
         model, image_size = pretrained.model_from_config_file(config_file, compile=False)
-        model.load_weights(latest[1])
-        step, source = latest
+        step, source = checkpoints.restore_latest(model, model_dir)  # skips (and names) damaged ones
     elif cfg.train.checkpoint:
         model, image_size, step = pretrained.load_trained_model(cfg.train.checkpoint), cfg.data.image_size, 0
         source = cfg.train.checkpoint
@@ -380,17 +440,20 @@ def run(cfg: config_lib.Config):
     """
     config_lib.validate(cfg)
     checkpoints.check_writable(cfg.train.model_dir)  # Creates it; a clear error if it cannot be written.
-    config_file = os.path.join(cfg.train.model_dir, "config.json")
     if cfg.train.mode in ("convert", "export"):
-        _write_json(config_file, json.loads(cfg.to_json()))
-        return convert(cfg) if cfg.train.mode == "convert" else export(cfg)
+        with run_lock.RunLock(cfg.train.model_dir):
+            if run_record.read(cfg.train.model_dir) is None:  # An export keeps the record of its run.
+                run_record.write(cfg)
+            return convert(cfg) if cfg.train.mode == "convert" else export(cfg)
+    run_record.check_resume_flags(cfg)  # Before any work: flags that contradict the run in model_dir.
     ctx = RunContext(cfg)
-    if ctx.chief:
-        _write_json(config_file, json.loads(cfg.to_json()))
-    if cfg.train.mode in ("train", "train_then_eval"):
-        train(ctx)
-    if cfg.train.mode == "eval":
-        return watch_and_evaluate(ctx)
-    if cfg.train.mode == "train_then_eval":
-        return evaluate(ctx)
-    return None
+    try:
+        if cfg.train.mode in ("train", "train_then_eval"):
+            train(ctx)
+        if cfg.train.mode == "eval":
+            return watch_and_evaluate(ctx)
+        if cfg.train.mode == "train_then_eval":
+            return evaluate(ctx)
+        return None
+    finally:
+        ctx.release()

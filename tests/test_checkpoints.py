@@ -116,3 +116,99 @@ def test_estimated_checkpoint_bytes_bounds_the_real_size(tmp_path):
     assert size <= estimate < 1.2 * size
     assert size <= before_build < 1.2 * size
     assert checkpoints.needed_bytes(model, str(tmp_path), keep_max=3) == 3 * estimate  # 1 of 3 exists, +1.
+
+
+def truncate(path, size=100):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def test_a_damaged_newest_checkpoint_is_named_skipped_and_kept(tmp_path, caplog):
+    model_dir = str(tmp_path)
+    model = tiny_model()
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    for step in (1, 2, 3):
+        model.train_on_batch(x, y)
+        checkpoints.save(model, model_dir, step, keep_max=3)
+    newest = checkpoints.checkpoint_path(model_dir, 3)
+    truncate(newest)  # as an interrupted copy leaves it
+    with pytest.raises(checkpoints.DamagedCheckpointError, match=f"The checkpoint {newest} is damaged"):
+        checkpoints.restore(tiny_model(), newest)
+
+    # Read-only (eval, export): falls back to step 2 and leaves the damaged file where it is.
+    restored = tiny_model()
+    with caplog.at_level("WARNING"):
+        latest = checkpoints.restore_latest(restored, model_dir)
+    assert latest == (2, checkpoints.checkpoint_path(model_dir, 2))
+    assert int(restored.optimizer.iterations.numpy()) == 2
+    assert f"The checkpoint {newest} is damaged" in caplog.text and "kept as" in caplog.text
+    assert os.path.getsize(newest) == 100
+
+    # The training run sets it aside under a name no save overwrites and no listing picks up.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert checkpoints.restore_latest(tiny_model(), model_dir, set_aside=True)[0] == 2
+    kept = os.path.join(model_dir, "ckpt-00000003.damaged.weights.h5")
+    assert f"kept as {kept}" in caplog.text and os.path.getsize(kept) == 100
+    assert [s for s, _ in checkpoints.list_checkpoints(model_dir)] == [1, 2]
+    checkpoints.save(model, model_dir, 3, keep_max=1)  # the step trained again; pruning keeps the damaged
+    assert sorted(os.listdir(model_dir)) == ["ckpt-00000003.damaged.weights.h5", "ckpt-00000003.weights.h5"]
+
+    for _, path in checkpoints.list_checkpoints(model_dir):
+        truncate(path)
+    with pytest.raises(checkpoints.DamagedCheckpointError, match="No checkpoint in .* can be read"):
+        checkpoints.restore_latest(tiny_model(), model_dir)
+
+
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path):
+    path = checkpoints.save(tiny_model(), str(tmp_path), 1, keep_max=1)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(2)])
+    other.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    with pytest.raises(checkpoints.ConfigError, match=f"The checkpoint {path} does not fit this run's model"):
+        checkpoints.restore(other, path)
+
+
+def test_no_space_for_a_checkpoint_is_one_error_and_the_previous_one_stays(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    model_dir = str(tmp_path)
+    model = tiny_model()
+    previous = checkpoints.save(model, model_dir, 1, keep_max=1)
+    with open(previous, "rb") as f:
+        content = f.read()
+    real_save = model.save_weights
+
+    def save_until_the_disk_is_full(path):  # what h5py raises when a write fails for lack of space
+        real_save(path)
+        raise OSError(errno.ENOSPC, "Can't synchronously write data (file write failed: errno = 28, "
+                                    "error message = 'No space left on device')")
+
+    monkeypatch.setattr(model, "save_weights", save_until_the_disk_is_full)
+    needed = checkpoints.estimated_checkpoint_bytes(model) / 2**20
+    with pytest.raises(checkpoints.DiskFullError,
+                       match=f"No space left in {model_dir} for the checkpoint of step 2: it needs about "
+                             f"{needed:.1f} MiB"):
+        checkpoints.save(model, model_dir, 2, keep_max=1)
+    assert os.listdir(model_dir) == [os.path.basename(previous)]  # no partial file, nothing pruned
+    with open(previous, "rb") as f:
+        assert f.read() == content
+
+    # Too little free space is found before writing anything.
+    usage = shutil.disk_usage(model_dir)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage",
+                        lambda path: usage._replace(free=checkpoints.estimated_checkpoint_bytes(model) - 1))
+    monkeypatch.setattr(model, "save_weights", lambda path: pytest.fail("wrote to a full disk"))
+    with pytest.raises(checkpoints.DiskFullError, match="for the checkpoint of step 3"):
+        checkpoints.save(model, model_dir, 3, keep_max=1)
+    assert os.listdir(model_dir) == [os.path.basename(previous)]
+
+
+def test_an_uncompiled_model_restores_the_weights(tmp_path):  # how fine-tuning and export read a run
+    model = tiny_model()
+    model.train_on_batch(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))
+    checkpoints.save(model, str(tmp_path), 1, keep_max=1)
+    uncompiled = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert checkpoints.restore_latest(uncompiled, str(tmp_path))[0] == 1
+    for expected, restored in zip(model.weights, uncompiled.weights):
+        np.testing.assert_array_equal(expected.numpy(), restored.numpy())

@@ -228,3 +228,53 @@ def test_every_flag_file_runs_a_step(tmp_path, flag_file, pretrained_run, finetu
     assert "on test: top-1" in proc.stdout
     assert checkpoint_steps(str(tmp_path)) == [1]
     assert not os.path.exists(os.path.join(tmp_path, "saved_model"))
+
+
+@pytest.mark.slow
+def test_the_run_in_model_dir_and_its_record_are_guarded(pretrained_run, tmp_path):
+    """A second process, contradicting flags and --mode=eval leave the run and its config.json as they
+    were; a dead process's lock and export are cleaned up by the next run, which reports its progress."""
+    import shutil
+    import socket
+    import time
+
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(pretrained_run, model_dir)
+    config_file, lock_file = os.path.join(model_dir, "config.json"), os.path.join(model_dir, "run.lock")
+    record = open(config_file).read()
+
+    def write_lock(pid):
+        with open(lock_file, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": pid, "start_time": time.time()}, f)
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        write_lock(holder.pid)
+        proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY, check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 1 and f"is in use by another run: pid {holder.pid} on host" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY,
+                   "--train_batch_size=32", "--optimizer=momentum", "--width_multiplier=0.25", check=False)
+    assert proc.returncode == 1 and "Pretraining steps" not in proc.stderr
+    for part in ("--width_multiplier=0.25 (the run has 0.125)", "--optimizer='momentum' (the run has 'lars')",
+                 "--train_batch_size=32 (the run has 16)", "pass a new --model_dir"):
+        assert part in proc.stderr, part
+
+    run_cli("--mode=eval", "--train_steps=4", "--eval_steps=1", f"--model_dir={model_dir}", *TINY)
+    assert open(config_file).read() == record and checkpoint_steps(model_dir) == [2, 4]
+
+    # The holder is dead now; an export it was writing is left over. A longer schedule is allowed.
+    os.makedirs(os.path.join(model_dir, "saved_model", ".partial-3"))
+    proc = run_cli("--mode=train", "--train_steps=6", f"--model_dir={model_dir}", *TINY, "--verbose=2",
+                   "--log_every_steps=1")
+    assert f"Taking over {lock_file}: the run that held it (pid {holder.pid}" in proc.stderr
+    # With --checkpoint_steps=2 Keras's epochs are 2 steps long; the progress counts the run's steps.
+    assert "Step 5/6 (83%), first step" in proc.stderr
+    assert "Step 6/6 (100%), " in proc.stderr and "steps/s" in proc.stderr and "left" in proc.stderr
+    assert checkpoint_steps(model_dir) == [2, 4, 6] and not os.path.exists(lock_file)
+    assert os.listdir(os.path.join(model_dir, "saved_model")) == ["6"]
+    assert json.load(open(config_file))["train"]["train_steps"] == 6

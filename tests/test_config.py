@@ -68,3 +68,23 @@ def test_checkpoint_interval():
     train = config_lib.TrainConfig(train_batch_size=256, train_epochs=10)
     assert config_lib.steps_per_checkpoint(train, 1000) == 4
     assert config_lib.steps_per_checkpoint(dataclasses.replace(train, checkpoint_steps=3), 1000) == 3
+
+
+@pytest.mark.parametrize("sections, fragment", [
+    ({"optim": {"learning_rate": 0.0}}, "--learning_rate=0.0 must be positive"),
+    ({"optim": {"learning_rate": -0.1}}, "--learning_rate=-0.1 must be positive"),
+    ({"optim": {"learning_rate": float("nan")}}, "--learning_rate=nan must be positive"),
+    # Before: --checkpoint_steps=-1 --train_steps=50 trained nothing and exported an untrained model.
+    ({"train": {"model_dir": "/tmp/x", "checkpoint_steps": -1, "train_steps": 50}},
+     "--checkpoint_steps=-1 is negative; use a positive number, or 0 to leave it unset (then "
+     "--checkpoint_epochs decides)"),
+    ({"train": {"model_dir": "/tmp/x", "checkpoint_epochs": -2}}, "--checkpoint_epochs=-2 is negative"),
+    ({"train": {"model_dir": "/tmp/x", "train_steps": -5}}, "--train_steps=-5 is negative"),
+    ({"train": {"model_dir": "/tmp/x", "train_epochs": -1, "train_steps": 10}},
+     "--train_epochs=-1 is negative"),
+    ({"train": {"model_dir": "/tmp/x", "log_every_secs": -1.0}}, "--log_every_secs"),
+])
+def test_values_that_would_train_nothing_are_refused(sections, fragment):
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(make(**sections))
+    assert fragment in str(error.value)

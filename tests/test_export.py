@@ -294,3 +294,30 @@ def test_mixed_precision_export_takes_and_returns_float32(tmp_path):
     outputs = export.load_exported(path).signatures[export.SERVING_SIGNATURE](images=x)
     assert all(v.dtype == tf.float32 for v in list(outputs.values()) + list(expected.values()))
     assert max_abs_difference(outputs, expected) <= ATOL
+
+
+def test_export_run_cleans_every_stale_partial_and_reports_a_full_disk(tmp_path, monkeypatch):
+    def fake_export(model, export_dir, image_size):
+        os.makedirs(export_dir)
+        with open(os.path.join(export_dir, export.METADATA_FILE), "w") as f:
+            json.dump({"model": model}, f)
+
+    monkeypatch.setattr(export, "export_saved_model", fake_export)
+    model_dir = str(tmp_path)
+    root = os.path.join(model_dir, "saved_model")
+    export.export_run("model3", model_dir, 3, SIZE, keep_max=2)
+    for leftover in (".partial-5", ".replaced-3"):  # exports killed midway, at other steps than the next
+        os.makedirs(os.path.join(root, leftover, "variables"))
+    export.export_run("model7", model_dir, 7, SIZE, keep_max=2)
+    assert sorted(os.listdir(root)) == ["3", "7"]
+
+    def export_to_a_full_disk(model, export_dir, image_size):
+        fake_export(model, export_dir, image_size)
+        raise tf.errors.ResourceExhaustedError(None, None, "saved_model.pb; No space left on device")
+
+    monkeypatch.setattr(export, "export_saved_model", export_to_a_full_disk)
+    with pytest.raises(export.checkpoints.DiskFullError,
+                       match=f"No space left in {root} for the SavedModel export of step 9: it needs "
+                             "about .*--keep_hub_module_max"):
+        export.export_run("model9", model_dir, 9, SIZE, keep_max=2)
+    assert sorted(os.listdir(root)) == ["3", "7"]
