@@ -155,8 +155,10 @@ def sample_views(source, split, data: DataConfig, count, seed=0):
     return tuple(tf.stack(views) for views in zip(*pairs))
 
 
-def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None):
+def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None, max_examples=None):
     """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short.
+
+    `max_examples` keeps only the split's first that many examples (in file order, before sharding).
 
     Images of at most 32 px (`data.cifar_stem`) are resized whole, larger ones center-cropped first.
 
@@ -171,7 +173,10 @@ def build_eval_dataset(source, split, data: DataConfig, batch_size, input_contex
       >>> [images.shape[0] for images, labels in ds]  # every test image once
       [3, 2]
     """
-    ds = _shard(source.dataset(split, shuffle_files=False), input_context)
+    ds = source.dataset(split, shuffle_files=False)
+    if max_examples:
+        ds = ds.take(max_examples)
+    ds = _shard(ds, input_context)
     if data.cache_dataset:
         ds = ds.cache()
     preprocess = eval_preprocessor(data)
