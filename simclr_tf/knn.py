@@ -183,8 +183,8 @@ class KnnMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps == 0 or step >= self.total_steps:
-            self.evaluate(step)
+        if step >= self.total_steps or (step % self.every_steps == 0 and not self.model.stop_training):
+            self.evaluate(step)  # not when a signal stops training early: that stop should be quick
 
     def evaluate(self, step):
         if self.last is not None and self.last[0] == step:
@@ -208,3 +208,28 @@ class KnnMonitor(keras.callbacks.Callback):
 def steps_between(every_epochs, num_train_examples, train_batch_size):
     """Training steps in `every_epochs` epochs (at least 1)."""
     return max(1, math.ceil(every_epochs * num_train_examples / train_batch_size))
+
+
+def comparison_table(result):
+    """Lines of a table of the kNN and offline-probe top-1 in an evaluation `result`, encoder by encoder.
+
+    Example:
+      >>> for line in comparison_table({"knn_top_1": 0.62, "offline_probe_top_1": 0.7,
+      ...                               "raw_pixels_knn_top_1": 0.3}):
+      ...     print(line)
+      top-1 on the eval split    kNN      linear probe
+      pretrained encoder         62.0%    70.0%
+      raw pixels                 30.0%    -
+    """
+    rows = (("pretrained encoder", "knn_top_1", "offline_probe_top_1"),
+            ("random encoder", "random_encoder_knn_top_1", "random_encoder_probe_top_1"),
+            ("raw pixels", "raw_pixels_knn_top_1", None))
+
+    def cell(key):
+        return f"{result[key]:.1%}" if key in result else "-"
+
+    lines = [f"{'top-1 on the eval split':<27}{'kNN':<9}linear probe"]
+    for name, knn_key, probe_key in rows:
+        if knn_key in result or probe_key in result:
+            lines.append(f"{name:<27}{cell(knn_key):<9}{cell(probe_key)}".rstrip())
+    return lines
