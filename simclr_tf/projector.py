@@ -49,14 +49,14 @@ def collect(encoder, dataset, max_examples):
     return np.concatenate(features), np.concatenate(labels), np.concatenate(images)
 
 
-def sprite(images):
-    """A square grid of `images` [N, H, W, 3] in [0, 1] as uint8 [S*h, S*w, 3], S = ceil(sqrt(N)).
+def sprite(images, max_side=MAX_SPRITE_SIDE):
+    """`(grid, (h, w))`: `images` [N, H, W, 3] in [0, 1] as a uint8 [S*h, S*w, 3] grid, S = ceil(sqrt(N)).
 
-    Thumbnails keep the images' size unless the grid would pass MAX_SPRITE_SIDE pixels.
+    Thumbnails keep the images' size (h, w) = (H, W) unless the grid would pass `max_side` pixels.
     """
     side = math.ceil(math.sqrt(len(images)))
     height, width = images.shape[1:3]
-    scale = min(1.0, MAX_SPRITE_SIDE / (side * max(height, width)))
+    scale = min(1.0, max_side / (side * max(height, width)))
     thumb = (max(1, int(height * scale)), max(1, int(width * scale)))
     if thumb != (height, width):
         images = tf.image.resize(images, thumb, antialias=True).numpy()

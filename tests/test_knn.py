@@ -6,8 +6,15 @@
   (MirroredStrategy, in a subprocess: two replica counts clash in one process) and, in test_multiworker,
   on 2 worker processes.
 """
+import glob
+import json
+import os
+import sys
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf import knn
 from tests.subprocess_runner import run_with_devices
@@ -69,7 +76,7 @@ from simclr_tf import distribute, knn
 from simclr_tf.config import DataConfig, DistributeConfig
 from simclr_tf.data.sources import get_source
 from simclr_tf.models.resnet import ResNet
-strategy = distribute.build_strategy(DistributeConfig(cpu_replicas={replicas}))
+strategy = distribute.build_strategy(DistributeConfig(cpu_replicas={replicas}))  # TF_CONFIG: workers
 source = get_source("builtin_shapes", builtin_num_examples={{"train": 90, "test": 37}})
 data = DataConfig(dataset="builtin_shapes", image_size=16)
 with strategy.scope():
@@ -94,3 +101,104 @@ def test_two_replicas_gather_the_same_features_and_result_as_one():
     np.testing.assert_allclose(two["bank_x"], one["bank_x"], rtol=1e-5, atol=1e-6)
     assert two["bank_y"] == one["bank_y"]
     assert two["result"] == one["result"] and two["pixels"] == one["pixels"]
+    assert 0 < one["result"]["top_5"] < 1  # not a degenerate case where any split would agree
+
+
+@pytest.mark.slow
+def test_two_workers_gather_the_same_features_and_result_as_one_process(tmp_path):
+    """MultiWorkerMirroredStrategy over 2 processes on 127.0.0.1: each worker embeds its shard; both end
+    with the whole bank and the same result as one process."""
+    from tests import subprocess_runner
+    from tests.test_multiworker import free_ports, report_of, start_worker, wait_all
+
+    code = (subprocess_runner._PRELUDE.format(num_devices=1, mark=subprocess_runner._MARK)
+            + EVALUATE_TINY_ENCODER.format(replicas=0))
+    ports = free_ports(2)
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = [start_worker([sys.executable, "-c", code], ports, index, logs[index]) for index in range(2)]
+    try:
+        one = run_with_devices(EVALUATE_TINY_ENCODER.format(replicas=0))
+    finally:
+        codes = wait_all(workers, timeout=300)
+    assert codes == [0, 0], [open(log).read()[-3000:] for log in logs]
+    for report in map(report_of, logs):
+        assert report["replicas"] == 2
+        np.testing.assert_allclose(report["bank_x"], one["bank_x"], rtol=1e-5, atol=1e-6)
+        assert report["bank_y"] == one["bank_y"]
+        assert report["result"] == one["result"] and report["pixels"] == one["pixels"]
+
+
+TINY_KNN = ["--knn_eval_epochs=1", "--knn_bank_size=100", "--knn_k=20"]
+
+
+@pytest.mark.slow
+def test_run_reports_knn_in_result_json_and_mode_eval_reports_the_same(tmp_path):
+    from tests.test_cli import TINY, run_cli
+
+    model_dir = str(tmp_path / "run")
+    proc = run_cli("--mode=train_then_eval", "--train_steps=2", f"--model_dir={model_dir}", *TINY, *TINY_KNN,
+                   "--random_encoder_baseline")
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    names = [f"{who}knn_top_{k}" for who in ("", "random_encoder_", "raw_pixels_") for k in (1, 5)]
+    assert all(0.0 <= result[name] <= 1.0 for name in names), result
+    # The monitor ran once, at the last step, and the evaluation reused its result.
+    assert proc.stderr.count("kNN (k=20, temperature 0.1, bank of 100) on 128 test images at step 2") == 1
+    assert proc.stdout.splitlines()[0].split() == ["top-1", "on", "the", "eval", "split", "kNN", "linear",
+                                                    "probe"]
+    os.remove(os.path.join(model_dir, "result.json"))
+    run_cli("--mode=eval", "--train_steps=2", f"--model_dir={model_dir}", *TINY, *TINY_KNN)
+    again = json.load(open(os.path.join(model_dir, "result.json")))
+    for name in names[:2]:
+        assert again[name] == pytest.approx(result[name], abs=1e-9), name
+    # The projector files of the run (their content is checked in test_projector).
+    assert sorted(os.listdir(os.path.join(model_dir, "train", "projector"))) == [
+        "embeddings.tsv", "metadata.tsv", "sprite.png"]
+
+
+class RecordingEvaluator(knn.KnnEvaluator):
+    """Records the encoders it evaluates."""
+
+    def __call__(self, encoder):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().__call__(encoder)
+
+
+def tiny_evaluator(bank_size=40):
+    from simclr_tf.config import DataConfig
+    from simclr_tf.data.sources import get_source
+
+    source = get_source("builtin_shapes", builtin_num_examples={"train": 48, "test": 20})
+    return RecordingEvaluator(tf.distribute.get_strategy(), source,
+                              DataConfig(dataset="builtin_shapes", image_size=16), "train", "test",
+                              bank_size=bank_size, batch_size=16, k=10)
+
+
+def test_monitor_runs_every_n_steps_and_at_the_end_and_writes_tensorboard(tmp_path):
+    from simclr_tf.models.heads import ProjectionHead
+    from simclr_tf.models.resnet import ResNet
+    from simclr_tf.models.simclr import SimCLRModel
+
+    keras.utils.set_random_seed(0)
+    model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
+                        ProjectionHead(num_layers=2, out_dim=8))
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    views = tf.random.stateless_uniform([2, 5 * 4, 16, 16, 3], seed=[0, 1])
+    dataset = tf.data.Dataset.from_tensor_slices(((views[0], views[1]), tf.zeros([20], tf.int64))).batch(4)
+    evaluator = tiny_evaluator()
+    monitor = knn.KnnMonitor(evaluator, every_steps=2, total_steps=5, log_dir=str(tmp_path))
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[monitor], shuffle=False)  # 5 steps
+    assert evaluator.calls == 3
+    final = evaluator(model.encoder)
+    assert monitor.last == (5, {"knn_top_1": final["top_1"], "knn_top_5": final["top_5"]})
+    assert monitor.evaluate(5) is monitor.last[1] and evaluator.calls == 4  # step 5 is not evaluated again
+    scalars = {}
+    for path in glob.glob(str(tmp_path / "train" / "events*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(event.step)
+    assert sorted(scalars["knn_top_1"]) == sorted(scalars["knn_top_5"]) == [2, 4, 5]
+
+
+def test_bank_is_capped():
+    bank_x, bank_y = tiny_evaluator(bank_size=35).features(None, "bank")
+    assert bank_x.shape == (35, 16 * 16 * 3) and len(bank_y) == 35 and (bank_y >= 0).all()
