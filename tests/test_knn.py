@@ -202,3 +202,18 @@ def test_monitor_runs_every_n_steps_and_at_the_end_and_writes_tensorboard(tmp_pa
 def test_bank_is_capped():
     bank_x, bank_y = tiny_evaluator(bank_size=35).features(None, "bank")
     assert bank_x.shape == (35, 16 * 16 * 3) and len(bank_y) == 35 and (bank_y >= 0).all()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("knn_k", 0, "the neighbours that vote (1 or more)"),
+    ("knn_eval_epochs", -1, "--knn_eval_epochs=-1"),
+    ("projector_examples", -5, "--projector_examples=-5"),
+    ("knn_temperature", 0.0, "--knn_temperature=0.0 must be positive"),
+])
+def test_invalid_monitor_flags_are_refused_with_the_fix(field, value, message):
+    import dataclasses
+
+    from simclr_tf.config import Config, ConfigError, TrainConfig, validate
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(Config(train=dataclasses.replace(TrainConfig(model_dir="/tmp/unused"), **{field: value})))
