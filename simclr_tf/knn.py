@@ -168,6 +168,8 @@ class KnnEvaluator:
 class KnnMonitor(keras.callbacks.Callback):
     """Runs `evaluator` on the model's encoder every `every_steps` steps and at `total_steps`.
 
+    An interval's evaluation less than half an interval before `total_steps` is left to the final one.
+
     Every worker must run it (the features are gathered with collectives); only the one given a `log_dir`
     (the chief) writes TensorBoard scalars `knn_top_1` and `knn_top_5` under `log_dir/train`. The newest
     result is kept in `last` as `(step, {"knn_top_1": ..., "knn_top_5": ...})`.
@@ -183,8 +185,14 @@ class KnnMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step >= self.total_steps or (step % self.every_steps == 0 and not self.model.stop_training):
-            self.evaluate(step)  # not when a signal stops training early: that stop should be quick
+        if step >= self.total_steps:
+            self.evaluate(step)
+        # Not when a signal stops training early (that stop should be quick), nor less than half an
+        # interval before the end, whose evaluation comes soon (16 epochs of 10,000 images at batch 128
+        # end at step 1251: every 8 epochs is step 625, then 1251, not 1250 as well).
+        elif (step % self.every_steps == 0 and not self.model.stop_training
+              and 2 * (self.total_steps - step) >= self.every_steps):
+            self.evaluate(step)
 
     def evaluate(self, step):
         if self.last is not None and self.last[0] == step:

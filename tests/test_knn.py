@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import sys
+import types
 
 import keras
 import numpy as np
@@ -197,6 +198,24 @@ def test_monitor_runs_every_n_steps_and_at_the_end_and_writes_tensorboard(tmp_pa
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append(event.step)
     assert sorted(scalars["knn_top_1"]) == sorted(scalars["knn_top_5"]) == [2, 4, 5]
+
+
+@pytest.mark.parametrize("every,total,expected", [(2, 5, [2, 4, 5]), (4, 9, [4, 9]),
+                                                  (3, 9, [3, 6, 9]), (10, 5, [5])])
+def test_monitor_leaves_an_evaluation_just_before_the_end_to_the_final_one(every, total, expected):
+    class Fake:
+        def __init__(self):
+            self.optimizer = types.SimpleNamespace(iterations=tf.Variable(0))
+            self.stop_training = False
+
+    monitor = knn.KnnMonitor(None, every_steps=every, total_steps=total)
+    evaluated = []
+    monitor.evaluate = evaluated.append
+    monitor.set_model(Fake())
+    for step in range(1, total + 1):
+        monitor.model.optimizer.iterations.assign(step)
+        monitor.on_train_batch_end(step - 1)
+    assert evaluated == expected
 
 
 def test_bank_is_capped():
