@@ -61,6 +61,10 @@ def main(argv):
         print(f"Converted {result['converted_from']} ({result['layout']}, "
               f"{result['assigned_weights']} weights): {', '.join(result['outputs'])}")
     elif result is not None:
+        if "knn_top_1" in result or "offline_probe_top_1" in result:  # the measures that mean most first
+            from simclr_tf.knn import comparison_table
+
+            print("\n".join(comparison_table(result)))
         what = "Linear probe" if cfg.train.train_mode == "pretrain" else "Classifier"
         print(f"{what} on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")

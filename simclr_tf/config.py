@@ -191,6 +191,12 @@ class TrainConfig:
     # Progress reporting (issue 13): with verbose=1 a bar on a terminal, else (or verbose=2) log lines.
     log_every_steps: int = 0
     log_every_secs: float = 30.0
+    # kNN monitor and embedding projector (simclr_tf/knn.py, simclr_tf/projector.py).
+    knn_eval_epochs: int = 0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 10000
+    projector_examples: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +274,21 @@ def _positive(value, flag):
         raise ConfigError(f"--{flag}={value} must be positive.")
 
 
+def _check_monitors(train: TrainConfig) -> None:
+    """The kNN monitor's and the projector's flags."""
+    if (train.knn_eval_epochs < 0 or train.knn_k < 1 or train.knn_bank_size < 0
+            or train.projector_examples < 0):
+        raise ConfigError(
+            f"--knn_eval_epochs={train.knn_eval_epochs}, --knn_k={train.knn_k}, --knn_bank_size="
+            f"{train.knn_bank_size} and --projector_examples={train.projector_examples}: the epochs between "
+            "kNN evaluations (0: no kNN), the neighbours that vote (1 or more), the training images in the "
+            "bank (0: the whole split) and the images exported to the projector (0: none) cannot be "
+            "negative.")
+    if not train.knn_temperature > 0:
+        raise ConfigError(f"--knn_temperature={train.knn_temperature} must be positive: neighbours vote with "
+                          "weight exp(similarity / temperature); the usual value is 0.1.")
+
+
 def validate(cfg: Config) -> Config:
     """Checks every rule that spans fields; raises ConfigError naming the problem and the fix."""
     data, model, optim, train = cfg.data, cfg.model, cfg.optim, cfg.train
@@ -311,6 +332,7 @@ def validate(cfg: Config) -> Config:
             "--random_encoder_baseline compares a pretrained encoder's linear probe with a random encoder's; "
             f"--train_mode={train.train_mode} trains a classifier, which is evaluated directly. Remove the "
             "flag (or, for a baseline, run the same command with --checkpoint unset).")
+    _check_monitors(train)
     writes_an_export = train.mode in ("export", "convert")
     if train.keep_hub_module_max < 0 or (train.keep_hub_module_max == 0 and writes_an_export):
         raise ConfigError(

@@ -119,6 +119,18 @@ _FLAG_HELP = [
     ("train", "log_every_steps", "Progress log lines (--verbose=2, or 1 off a terminal): one every this "
                                  "many steps (0: by time only)."),
     ("train", "log_every_secs", "Progress log lines: one every this many seconds (0: by step count only)."),
+    # kNN monitor and embedding projector.
+    ("train", "knn_eval_epochs", "Pretraining on labelled data: every this many epochs and at the end, the "
+                                 "weighted kNN top-1/top-5 (Wu et al. 2018) of the eval split against a "
+                                 "bank of training images, in the log, TensorBoard and result.json "
+                                 "(--mode=eval too); 0 turns it off."),
+    ("train", "knn_k", "kNN monitor: neighbours that vote."),
+    ("train", "knn_temperature", "kNN monitor: a neighbour votes with weight exp(cosine similarity / this)."),
+    ("train", "knn_bank_size", "kNN monitor: the first this many training images form the labelled bank "
+                               "(0: all of them)."),
+    ("train", "projector_examples", "At the end of pretraining, export the embeddings of this many eval "
+                                    "images (with labels and a sprite) for TensorBoard's projector, in "
+                                    "model_dir/projector; 0 turns it off."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),

@@ -34,7 +34,9 @@ def fit_linear_probe(train_features, train_labels, eval_features, eval_labels, n
     keras.utils.set_random_seed(seed)
     classifier = keras.Sequential([
         keras.Input((train_features.shape[1],)),
-        keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(l2)),
+        # float32 whatever the run's precision: under a mixed policy the logits would be 16-bit, which
+        # the top-k metric refuses (and a probe this small gains nothing from 16 bits).
+        keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(l2), dtype="float32"),
     ])
     classifier.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

@@ -16,11 +16,13 @@ from simclr_tf import config as config_lib
 from simclr_tf import distribute
 from simclr_tf import export as export_lib
 from simclr_tf import interrupts
+from simclr_tf import knn
 from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf import precision
 from simclr_tf import pretrained
 from simclr_tf import progress
+from simclr_tf import projector
 from simclr_tf import run_lock
 from simclr_tf import run_record
 from simclr_tf import tasks
@@ -133,6 +135,8 @@ class RunContext:
                 + ("--lineareval_while_pretraining is off" if info.num_classes else
                    f"{cfg.data.dataset} has no labels")
                 + ". Use --mode=train, or labelled data with --lineareval_while_pretraining.")
+        self.knn = self._knn_evaluator(pretraining)
+        self.knn_monitor = None  # set by train(); evaluate() reuses its result of the same step
         self.task = tasks.task_for(cfg, self.source, probe=self.probe)
         self.task.prepare(cfg.train.model_dir)
         self.num_train_examples = self.task.num_train_examples
@@ -155,6 +159,20 @@ class RunContext:
             self.model.compile(optimizer=precision.wrap_optimizer(optimizer, self.precision),
                                jit_compile=cfg.train.jit_compile)
         distribute.prepare_multi_worker_fit(self.model, self.strategy)
+
+    def _knn_evaluator(self, pretraining):
+        """The kNN monitor's evaluator (--knn_eval_epochs), or None."""
+        train_cfg, info = self.cfg.train, self.source.info
+        if not (pretraining and train_cfg.knn_eval_epochs):
+            return None
+        if info.num_classes < 1:
+            logging.warning("%s has no labels: the kNN monitor is off.", self.cfg.data.dataset)
+            return None
+        return knn.KnnEvaluator(
+            self.strategy, self.source, self.cfg.data, self.cfg.data.train_split, self.cfg.data.eval_split,
+            bank_size=train_cfg.knn_bank_size or None, batch_size=train_cfg.eval_batch_size,
+            k=train_cfg.knn_k, temperature=train_cfg.knn_temperature,
+            query_batches=train_cfg.eval_steps or None)
 
     def _build_model(self):
         """The task's model; when model_dir already has checkpoints of a fine-tuning or distillation run,
@@ -270,6 +288,12 @@ def train(ctx: RunContext):
             callbacks.append(progress.TrainingProgress(
                 ctx.total_steps, start, every_steps=cfg.train.log_every_steps,
                 every_secs=cfg.train.log_every_secs, bar=None if cfg.train.verbose == 1 else False))
+        if ctx.knn is not None:  # Every worker: the features are gathered with collectives.
+            ctx.knn_monitor = knn.KnnMonitor(
+                ctx.knn, knn.steps_between(cfg.train.knn_eval_epochs, ctx.num_train_examples,
+                                           cfg.train.train_batch_size),
+                ctx.total_steps, log_dir=model_dir if ctx.chief else None)
+            callbacks.append(ctx.knn_monitor)
         if ctx.chief:
             callbacks.append(keras.callbacks.TensorBoard(
                 log_dir=model_dir, update_freq=cfg.train.train_summary_steps or "epoch"))
@@ -289,10 +313,57 @@ def train(ctx: RunContext):
             logging.warning("Interrupted at step %d%s; the newest checkpoint is %s.", ctx.global_step,
                             f", saved as {saved}" if saved else "", latest[1] if latest else "none")
             raise
+    if ctx.chief and cfg.train.projector_examples and cfg.train.train_mode == "pretrain":
+        _export_projector(ctx)
     if not ctx.chief or cfg.train.keep_hub_module_max == 0:
         return None
     return export_lib.export_run(ctx.task.model_to_export(ctx.model), model_dir, ctx.global_step,
                                  cfg.data.image_size, cfg.train.keep_hub_module_max)
+
+
+def _export_projector(ctx: RunContext):
+    """The TensorBoard Projector files of the eval split's first --projector_examples images."""
+    cfg = ctx.cfg
+    count = cfg.train.projector_examples
+    if cfg.train.eval_steps:
+        count = min(count, cfg.train.eval_steps * cfg.train.eval_batch_size)
+    dataset = pipelines.build_eval_dataset(ctx.source, cfg.data.eval_split, cfg.data,
+                                           cfg.train.eval_batch_size, max_examples=count)
+    path = projector.export_projector(ctx.model.encoder, dataset, os.path.join(cfg.train.model_dir, "train"),
+                                      count, ctx.source.class_names)
+    logging.info("Projector: %d %s embeddings in %s (tensorboard --logdir=%s, tab Projector).", count,
+                 cfg.data.eval_split, path, cfg.train.model_dir)
+
+
+def _knn_results(ctx: RunContext):
+    """kNN top-1/top-5 of the trained encoder (the monitor's, if it ran at this step) and, with
+    --random_encoder_baseline, of a randomly initialized encoder and of raw pixels."""
+    cfg = ctx.cfg
+    monitor = ctx.knn_monitor
+    if monitor is not None and monitor.last is not None and monitor.last[0] == ctx.global_step:
+        trained = monitor.last[1]
+    else:
+        result = ctx.knn(ctx.model.encoder)
+        trained = {"knn_top_1": result["top_1"], "knn_top_5": result["top_5"]}
+    results = dict(trained)
+    if cfg.train.random_encoder_baseline:
+        with ctx.strategy.scope():
+            random_encoder = _random_model(ctx).encoder
+        for name, encoder in (("random_encoder", random_encoder), ("raw_pixels", None)):
+            baseline = ctx.knn(encoder)
+            results.update({f"{name}_knn_top_1": baseline["top_1"],
+                            f"{name}_knn_top_5": baseline["top_5"]})
+    return results
+
+
+def _random_model(ctx: RunContext):
+    """A freshly initialized model of the run's architecture (seeded from --seed), for baselines."""
+    cfg = ctx.cfg
+    seed = 0 if cfg.train.seed is None else cfg.train.seed + 1
+    return build_simclr_model(
+        cfg.model, cfg.data.image_size, num_classes=0, temperature=cfg.train.temperature,
+        hidden_norm=cfg.train.hidden_norm, weight_decay=0.0, optimizer_name=cfg.optim.optimizer,
+        seed=seed)
 
 
 def evaluate(ctx: RunContext, checkpoint=None):
@@ -320,6 +391,8 @@ def evaluate(ctx: RunContext, checkpoint=None):
                   num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
     if cfg.train.random_encoder_baseline:  # pretraining only (config.validate)
         result.update(_offline_probes(ctx))
+    if ctx.knn is not None:
+        result.update(_knn_results(ctx))
     name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
     if ctx.chief:
         _write_json(os.path.join(cfg.train.model_dir, name), result)
@@ -354,11 +427,7 @@ def _offline_probes(ctx: RunContext):
     datasets = [pipelines.build_eval_dataset(ctx.source, split, cfg.data, cfg.train.eval_batch_size)
                 for split in (cfg.data.train_split, cfg.data.eval_split)]
     num_classes = ctx.source.info.num_classes
-    seed = 0 if cfg.train.seed is None else cfg.train.seed + 1
-    random_model = build_simclr_model(
-        cfg.model, cfg.data.image_size, num_classes=0, temperature=cfg.train.temperature,
-        hidden_norm=cfg.train.hidden_norm, weight_decay=0.0, optimizer_name=cfg.optim.optimizer,
-        seed=seed)
+    random_model = _random_model(ctx)
     trained = linear_probe.probe_encoder(ctx.model.encoder, *datasets, num_classes)
     untrained = linear_probe.probe_encoder(random_model.encoder, *datasets, num_classes)
     return {"offline_probe_top_1": trained["top_1"], "offline_probe_top_5": trained["top_5"],

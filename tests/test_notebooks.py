@@ -254,7 +254,7 @@ def test_export_and_retrieval_pretrains_on_an_image_folder(notebooks_dir):
         {**TINY, "WORK_DIR": work_dir, "DATASET": images, "EVAL_SPLIT": "test", "NUM_IMAGES": 100,
          "NUM_NEIGHBOURS": 3, "NUM_QUERIES": 2},
         ["PRETRAINED_DIR", "class_names", "labels", "features", "export_difference", "same_class",
-         "same_class_pixels", "chance", "embedding", "output_names"])
+         "same_class_pixels", "chance", "embedding", "tsne_embedding", "output_names"])
     assert state["PRETRAINED_DIR"] == os.path.join(work_dir, "pretrain")
     assert os.path.isfile(os.path.join(work_dir, "pretrain", f"ckpt-{TRAIN_STEPS:08d}.weights.h5"))
     assert os.path.isfile(os.path.join(work_dir, "export", "saved_model.pb"))
@@ -269,8 +269,11 @@ def test_export_and_retrieval_pretrains_on_an_image_folder(notebooks_dir):
     assert state["same_class_pixels"] == 1.0 and state["chance"] < state["same_class"] <= 1.0
     embedding = np.array(state["embedding"])
     assert embedding.shape == (12, 2) and np.all(np.isfinite(embedding))
+    tsne_embedding = np.array(state["tsne_embedding"])
+    assert tsne_embedding.shape == (12, 2) and np.all(np.isfinite(tsne_embedding))
+    assert np.ptp(tsne_embedding, axis=0).min() > 0  # the points are spread, not stacked
     assert "final_avg_pool" in state["output_names"] and "proj_head_output" in state["output_names"]
-    assert figures(notebook) == 2  # the queries with their neighbours, and the PCA plot
+    assert figures(notebook) == 3  # the queries with their neighbours, the PCA plot and the t-SNE plot
 
 
 @pytest.mark.slow

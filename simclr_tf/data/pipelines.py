@@ -169,8 +169,10 @@ def sample_views(source, split, data: DataConfig, count, seed=0):
     return tuple(tf.stack(views) for views in zip(*pairs))
 
 
-def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None):
+def build_eval_dataset(source, split, data: DataConfig, batch_size, input_context=None, max_examples=None):
     """One pass of `(images, label)` batches, center-cropped and resized; the last batch may be short.
+
+    `max_examples` keeps only the split's first that many examples (in file order, before sharding).
 
     Images of at most 32 px (`data.cifar_stem`) are resized whole, larger ones center-cropped first.
 
@@ -185,7 +187,11 @@ def build_eval_dataset(source, split, data: DataConfig, batch_size, input_contex
       >>> [images.shape[0] for images, labels in ds]  # every test image once
       [3, 2]
     """
-    ds = source.dataset(split, shuffle_files=False, input_context=input_context)
+    if max_examples:  # A capped split: the same first examples whatever the cluster, then split by example.
+        count, index = sources.pipeline_share(input_context)
+        ds = source.dataset(split, shuffle_files=False).take(max_examples).shard(count, index)
+    else:
+        ds = source.dataset(split, shuffle_files=False, input_context=input_context)
     if data.cache_dataset:
         ds = ds.cache()
     preprocess = eval_preprocessor(data)

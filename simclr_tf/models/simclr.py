@@ -7,6 +7,7 @@ probe's top-1/top-5. Under a `tf.distribute` strategy the NT-Xent negatives come
 import keras
 import tensorflow as tf
 
+from simclr_tf import collapse
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.config import CIFAR_STEM_MAX_SIZE
@@ -59,7 +60,7 @@ class SimCLRModel(keras.Model):
         self.grad_accum_steps = grad_accum_steps
         self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
                                 if num_classes else None)
-        names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay"]
+        names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay", "proj_std"]
         if num_classes:
             names += ["supervised_loss", "supervised_acc"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -104,6 +105,7 @@ class SimCLRModel(keras.Model):
         loss = contrast_loss
         updates = {"contrast_loss": contrast_loss}
         updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        updates["proj_std"] = collapse.std_of_l2_normalized(outputs["proj_head_output"])  # collapse monitor
         if self.supervised_head is not None:
             # Unlabelled images (label -1) are left out of the probe; the contrastive loss uses them.
             sup_loss, sup_acc = losses.labelled_loss_and_accuracy(
