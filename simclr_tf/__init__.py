@@ -13,6 +13,10 @@ The public API, for use without the command line:
 
 or a whole run, as the command line does it: `simclr_tf.run(simclr_tf.Config(...))`.
 """
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # simclr_tf runs on TensorFlow (before Keras is imported)
+
 from simclr_tf.config import (Config, ConfigError, DataConfig, DistributeConfig, ModelConfig,
                               OptimConfig, TrainConfig)
 from simclr_tf.data.augment import CenterCropResize, FineTuneAugment, PretrainAugment, two_views
