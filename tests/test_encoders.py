@@ -87,9 +87,10 @@ def test_pretrain_finetune_export_and_reload(backbone, args, fine_tune_after_blo
     }
     for route, outputs in reloaded.items():
         for name, value in expected.items():
-            np.testing.assert_allclose(outputs[name], value, rtol=1e-5, atol=1e-5, err_msg=f"{route} {name}")
+            # float32 sums in another order: relative 1e-4 (features of an untrained MobileNet reach 1e4)
+            np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-5, err_msg=f"{route} {name}")
     encoder = keras.saving.load_model(os.path.join(export_dir, "encoder.keras"))
-    np.testing.assert_allclose(encoder(x, training=False), expected["final_avg_pool"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(encoder(x, training=False), expected["final_avg_pool"], rtol=1e-4, atol=1e-5)
 
     if backbone == "ResNetBackbone":  # a keras-hub student distilled from a ResNet teacher
         teacher = simclr_tf.build_classifier(tiny_model("resnet", {}), num_classes=4, image_size=SIZE)

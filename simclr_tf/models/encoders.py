@@ -107,7 +107,7 @@ def build_backbone(name, args, image_size):
     Example:
       >>> backbone = build_backbone("MobileNetV3Small", {"alpha": 0.75, "minimalistic": True}, 32)
       >>> backbone.name, backbone.output.shape
-      ('MobileNetV3Small', (None, 1, 1, 576))
+      ('MobileNetV3Small', (None, 1, 1, 432))
     """
     check_backbone_name(name)
     args = dict(args)
@@ -146,7 +146,7 @@ class KerasEncoder(keras.Model):
       ...     input_shape=(32, 32, 3), alpha=0.75, minimalistic=True, include_top=False, weights=None)
       >>> encoder = KerasEncoder(backbone)
       >>> encoder(tf.zeros([2, 32, 32, 3])).shape, encoder.feature_dim
-      (TensorShape([2, 576]), 576)
+      (TensorShape([2, 432]), 432)
       >>> sorted(encoder.call_with_endpoints(tf.zeros([2, 32, 32, 3])))
       ['final_avg_pool']
       >>> [layer.name for layer in encoder.layers_up_to_block(4)]
