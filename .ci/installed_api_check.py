@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,4 +35,11 @@ expected = model(images, training=False)
 for name, value in simclr_tf.load_exported(api_export)(images, training=False).items():
     if name in expected:
         np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+# Any keras.Model as the encoder: its feature map is average-pooled.
+inputs = keras.Input((16, 16, 3))
+backbone = keras.Model(inputs, keras.layers.Conv2D(4, 3, strides=2)(inputs))
+other = simclr_tf.SimCLRModel(backbone, simclr_tf.ProjectionHead(num_layers=1, out_dim=4))
+np.testing.assert_allclose(other(images)["final_avg_pool"], np.asarray(backbone(images)).mean(axis=(1, 2)),
+                           rtol=1e-5, atol=1e-6)
 print(f"installed API check passed: simclr_tf {simclr_tf.__file__}, pretraining loss {float(logs['loss']):.4f}")
