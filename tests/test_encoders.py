@@ -208,3 +208,28 @@ def test_the_command_line_pretrains_and_exports_a_keras_hub_backbone(tmp_path):
     x = images(7)
     np.testing.assert_allclose(simclr_tf.load_exported(str(export_dir))(x)["proj_head_output"],
                                model(x, training=False)["proj_head_output"], rtol=1e-5, atol=1e-5)
+
+
+def test_normalization_layers_of_any_encoder_skip_lars_weight_decay():
+    from simclr_tf.optimizers import DEFAULT_LARS_EXCLUDE, NORMALIZATION_PATTERNS, _matches_any
+
+    backbones = [encoders.build_backbone("MobileNetV3Small", MOBILENET_ARGS, SIZE),
+                 encoders.build_backbone("ViTBackbone", {"patch_size": 8, "num_layers": 1, "num_heads": 2,
+                                                         "hidden_dim": 8, "mlp_dim": 8}, SIZE)]
+    for backbone in backbones:
+        normalization = {id(w) for layer in backbone._flatten_layers()
+                         if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
+                         for w in layer.trainable_weights}
+        assert normalization
+        for weight in backbone.trainable_weights:
+            assert _matches_any(NORMALIZATION_PATTERNS, weight.path) == (id(weight) in normalization), weight.path
+            if weight.path.endswith("kernel"):
+                assert not _matches_any(DEFAULT_LARS_EXCLUDE, weight.path), weight.path
+    # Our ResNet (selective kernels and squeeze-excite included) and heads: the same exclusions as before.
+    encoder = simclr_tf.ResNet(depth=50, width_multiplier=0.0625, sk_ratio=0.0625, se_ratio=0.25)
+    model = simclr_tf.SimCLRModel(encoder, simclr_tf.ProjectionHead(num_layers=3, out_dim=8), num_classes=3)
+    model(tf.zeros([1, SIZE, SIZE, 3]))
+    for weight in model.trainable_weights:
+        old = any(pattern in weight.path for pattern in ("batch_normalization", "bias", "head_supervised"))
+        assert _matches_any(DEFAULT_LARS_EXCLUDE, weight.path) == old, weight.path
+
