@@ -13,6 +13,10 @@ The public API, for use without the command line:
 
 or a whole run, as the command line does it: `simclr_tf.run(simclr_tf.Config(...))`.
 """
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # simclr_tf runs on TensorFlow (before Keras is imported)
+
 from simclr_tf.config import (Config, ConfigError, DataConfig, DistributeConfig, ModelConfig,
                               OptimConfig, TrainConfig)
 from simclr_tf.data.augment import CenterCropResize, FineTuneAugment, PretrainAugment, two_views
@@ -23,6 +27,7 @@ from simclr_tf.export import export_run, export_saved_model, keras_layer, load_e
 from simclr_tf.losses import contrastive_loss
 from simclr_tf.models.classifier import SimCLRClassifier, build_classifier
 from simclr_tf.models.distill import DistillationModel
+from simclr_tf.models.encoders import KerasEncoder, as_encoder
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel, build_simclr_model
@@ -39,4 +44,5 @@ __all__ = [
     "build_simclr_model", "choose_labelled_subset", "contrastive_loss", "export_run", "export_saved_model",
     "get_source", "keras_layer", "load_exported", "load_reference_checkpoint", "load_trained_model",
     "named_outputs", "run", "two_views",
+    "KerasEncoder", "as_encoder",  # any Keras encoder
 ]

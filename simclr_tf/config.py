@@ -112,6 +112,10 @@ class ModelConfig:
     ft_proj_selector: int = 0
     zero_init_logits_layer: bool = False
     fine_tune_after_block: int = -1
+    # Any Keras encoder (simclr_tf/models/encoders.py): "resnet" (ours, the fields above) or a
+    # keras.applications model / keras-hub backbone by name, built with `backbone_args` (a JSON object).
+    backbone: str = "resnet"
+    backbone_args: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,6 +351,7 @@ def validate(cfg: Config) -> Config:
             f"{list(REFERENCE_VARIABLE_SCHEMAS)} are accepted and change nothing.")
     if not -1 <= model.fine_tune_after_block <= 4:
         raise ConfigError("--fine_tune_after_block must be -1 (train all), 0 (after the stem) ... 4.")
+    _check_backbone(model, train)
     num_hidden = {"none": 0, "linear": 1, "nonlinear": model.num_proj_layers}[model.proj_head_mode]
     if not -1 <= model.ft_proj_selector <= num_hidden:
         raise ConfigError(
@@ -437,3 +442,21 @@ def steps_per_checkpoint(train: TrainConfig, num_examples: int) -> int:
 
 def eval_steps(train: TrainConfig, num_eval_examples: int) -> int:
     return train.eval_steps or int(math.ceil(num_eval_examples / train.eval_batch_size))
+
+
+def _check_backbone(model, train):
+    """--backbone names a model simclr_tf can build, with JSON arguments; block-wise freezing is ResNet's."""
+    from simclr_tf.models import encoders  # imports Keras (and keras-hub when installed): only when needed
+
+    encoders.check_backbone_name(model.backbone)
+    encoders.parse_backbone_args(model.backbone_args)
+    if model.backbone == encoders.RESNET:
+        if model.backbone_args:
+            raise ConfigError("--backbone_args is for a --backbone other than resnet; our ResNet takes "
+                              "--resnet_depth, --width_multiplier, --sk_ratio and --se_ratio.")
+        return
+    if train.train_mode == "finetune" and model.fine_tune_after_block not in (-1, encoders.FROZEN_ENCODER_BLOCK):
+        raise ConfigError(
+            f"--fine_tune_after_block={model.fine_tune_after_block} freezes the stem and block groups of our "
+            f"ResNet; --backbone={model.backbone} has no such blocks. Use -1 (train the whole encoder) or 4 "
+            "(freeze it: linear evaluation).")

@@ -47,9 +47,10 @@ _REPLACED_PREFIX = ".replaced-"
 def named_outputs(model, images, training=False):
     """The named float32 outputs of `model` on `images`, from one forward pass of the encoder.
 
-    `model` has `encoder` (a `ResNet`), `projection_head` (returning `(projection, supervised_input)`) and
-    `supervised_head` (or None). Keys: the encoder endpoints its stem produces (`initial_conv`,
-    `initial_max_pool` without the CIFAR stem, `block_group1`..`block_group4`, `final_avg_pool`),
+    `model` has `encoder` (our `ResNet` or any encoder of simclr_tf/models/encoders.py),
+    `projection_head` (returning `(projection, supervised_input)`) and `supervised_head` (or None). Keys:
+    the endpoints the encoder has (our ResNet: `initial_conv`, `initial_max_pool` without the CIFAR stem,
+    `block_group1`..`block_group4`; every encoder: `final_avg_pool`),
     `proj_head_input` (the features fed to the projection head), `proj_head_output`, and `logits_sup`
     (the supervised head on the projection head's supervised input) when there is a supervised head.
 

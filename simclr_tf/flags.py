@@ -49,6 +49,13 @@ _FLAG_HELP = [
     ("model", "zero_init_logits_layer", "Zero-initialize the classifier."),
     ("model", "fine_tune_after_block", "When fine-tuning, train only what comes after this block: -1 "
                                        "everything, 0 after the stem, 4 the head only."),
+    # Any Keras encoder (simclr_tf/models/encoders.py).
+    ("model", "backbone", "The encoder: resnet (ours: --resnet_depth, --width_multiplier, ...), a "
+                          "keras.applications model by name (MobileNetV3Small, ResNet50, EfficientNetB0, "
+                          "...; random weights) or, with keras-hub installed, a keras-hub backbone class "
+                          "(ResNetBackbone, ViTBackbone, ...) built from --backbone_args."),
+    ("model", "backbone_args", "Keyword arguments of --backbone as a JSON object, e.g. "
+                               "'{\"alpha\": 0.5}' for MobileNetV3Small."),
     # Optimization.
     ("optim", "optimizer", "lars, momentum or adam."),
     ("optim", "learning_rate", "Learning rate per 256 examples (linear scaling) or per sqrt(batch)."),

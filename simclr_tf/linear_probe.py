@@ -8,9 +8,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf.models.encoders import as_encoder
+
 
 def extract_features(encoder, dataset, max_batches=None):
     """`(features [N, D], labels [N])` of `(images, labels)` batches, encoder in inference mode."""
+    encoder = as_encoder(encoder)  # any keras.Model mapping images to a feature vector or map
     image_spec = dataset.element_spec[0]  # any batch size: one trace, the short last batch included
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_spec.shape[1:]], image_spec.dtype)])

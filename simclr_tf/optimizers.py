@@ -10,7 +10,10 @@ from keras import ops
 from simclr_tf.config import ConfigError
 
 # Variable-path patterns the training code excludes from LARS weight decay and trust ratio.
-DEFAULT_LARS_EXCLUDE = ("batch_normalization", "bias", "head_supervised")
+# Batch norms of our ResNet and heads live under "batch_normalization"; those of other encoders
+# (keras.applications, keras-hub: "..._bn", "layer_norm", ...) are found by their gamma/beta variables.
+NORMALIZATION_PATTERNS = ("batch_normalization", r"/gamma$", r"/beta$")
+DEFAULT_LARS_EXCLUDE = (*NORMALIZATION_PATTERNS, "bias", "head_supervised")
 
 
 def _variable_path(variable):
@@ -319,7 +322,7 @@ def l2_weight_decay_loss(variables, weight_decay, optimizer_name):
             if "head_supervised" in _variable_path(v) and "bias" not in _variable_path(v)
         ]
     else:
-        selected = [v for v in variables if "batch_normalization" not in _variable_path(v)]
+        selected = [v for v in variables if not _matches_any(NORMALIZATION_PATTERNS, _variable_path(v))]
     if not selected:
         return tf.constant(0.0, tf.float32)
     penalties = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in selected]

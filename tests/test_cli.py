@@ -9,7 +9,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = ["--dataset=builtin_shapes", "--eval_split=test", "--image_size=16", "--resnet_depth=18", "--width_multiplier=0.125",
+TINY = ["--dataset=builtin_shapes", "--eval_split=test", "--image_size=16", "--resnet_depth=18",
+        "--width_multiplier=0.125",
         "--num_proj_layers=2", "--proj_out_dim=16", "--train_batch_size=16", "--eval_batch_size=64",
         "--eval_steps=2", "--temperature=0.5", "--learning_rate=0.5", "--warmup_epochs=0",
         "--checkpoint_steps=2", "--verbose=0", "--seed=0"]

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf import optimizers
+from simclr_tf.models.encoders import as_encoder
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet  # noqa: F401 (used in the docstring example)
@@ -25,12 +26,14 @@ class SimCLRClassifier(keras.Model):
     """Encoder, kept projection layers and a linear classifier, trained with cross-entropy.
 
     Args:
-      encoder: a `ResNet` (built).
+      encoder: a `ResNet` (built), or any encoder (`encoders.as_encoder`: a `keras.Model` mapping images
+        to a feature vector or map).
       projection_head: the projection layers kept under the classifier (`ProjectionHead.truncated(k)`);
         the classifier reads its output.
       num_classes: classes of the classifier.
       fine_tune_after_block: -1 trains everything; 0 freezes the stem; 1..4 also freeze block groups 1..k
-        (4: only the kept projection layers and the classifier train).
+        (4: only the kept projection layers and the classifier train). Encoders other than our ResNet
+        take -1 or 4 (`encoder.layers_up_to_block`).
       zero_init_logits_layer: start the classifier at zero (logits are 0 at step 0).
       weight_decay, optimizer_name: the L2 term added to the loss as in pretraining (the paper fine-tunes
         without weight decay).
@@ -58,7 +61,7 @@ class SimCLRClassifier(keras.Model):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"A classifier needs num_classes >= 1, got {num_classes}.")
-        self.encoder = encoder
+        self.encoder = encoder = as_encoder(encoder)
         self.projection_head = projection_head
         self.num_classes = num_classes
         self.fine_tune_after_block = fine_tune_after_block
@@ -143,8 +146,11 @@ def copy_layer(layer, input_shape, **overrides):
     """A new layer like `layer` (config changed by `overrides`) with its weights, all trainable again.
 
     The copy computes in the current dtype policy, whatever precision the original was trained in.
+    Overrides the layer has no argument for are left out (the batch-norm settings of our ResNet and
+    heads do not reach the batch norms inside another encoder, which keep their own).
     """
     config = {key: value for key, value in layer.get_config().items() if key != "dtype"}
+    overrides = {key: value for key, value in overrides.items() if key in config}
     copy = type(layer).from_config({**config, **overrides})
     copy.build(input_shape)
     copy.set_weights(layer.get_weights())

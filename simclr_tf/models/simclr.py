@@ -11,6 +11,8 @@ from simclr_tf import collapse
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.config import CIFAR_STEM_MAX_SIZE
+from simclr_tf.models.encoders import (RESNET, KerasEncoder, as_encoder, build_backbone,
+                                      parse_backbone_args)
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
@@ -25,7 +27,8 @@ class SimCLRModel(keras.Model):
     """SimCLR: contrastive pretraining of `encoder` through `projection_head`.
 
     Args:
-      encoder: a `ResNet` (or any model mapping images to pooled features).
+      encoder: a `ResNet`, or any `keras.Model` mapping images to a feature vector or a feature map
+        (wrapped by `encoders.as_encoder`; see simclr_tf/models/encoders.py for the contract).
       projection_head: a `ProjectionHead`.
       num_classes: classes of the online linear probe; 0 disables it.
       temperature, hidden_norm: of the NT-Xent loss.
@@ -49,7 +52,7 @@ class SimCLRModel(keras.Model):
                  weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, grad_accum_steps=1,
                  **kwargs):
         super().__init__(**kwargs)
-        self.encoder = encoder
+        self.encoder = as_encoder(encoder)
         self.projection_head = projection_head
         self.num_classes = num_classes
         self.temperature = temperature
@@ -154,12 +157,26 @@ class SimCLRModel(keras.Model):
         return cls(**config)
 
 
+def _build_encoder(model_cfg, image_size):
+    """Our ResNet from the model flags, or the `--backbone` model wrapped as an encoder."""
+    if model_cfg.backbone != RESNET:
+        return KerasEncoder(build_backbone(
+            model_cfg.backbone, parse_backbone_args(model_cfg.backbone_args), image_size))
+    return ResNet(
+        depth=model_cfg.resnet_depth, width_multiplier=model_cfg.width_multiplier,
+        cifar_stem=image_size <= CIFAR_STEM_MAX_SIZE, sk_ratio=model_cfg.sk_ratio,
+        se_ratio=model_cfg.se_ratio,
+        bn_momentum=model_cfg.batch_norm_decay, bn_epsilon=model_cfg.batch_norm_epsilon,
+        global_bn=model_cfg.global_bn)
+
+
 def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
                        optimizer_name, seed=None, grad_accum_steps=1):
     """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs.
 
-    The encoder gets the CIFAR stem for images of `CIFAR_STEM_MAX_SIZE` px or less; `num_classes=0`
-    leaves out the online linear probe. `seed` seeds Keras before the weights are made.
+    The encoder is `model_cfg.backbone`: our ResNet by default (with the CIFAR stem for images of
+    `CIFAR_STEM_MAX_SIZE` px or less), else that model as a `KerasEncoder`. `num_classes=0` leaves out
+    the online linear probe. `seed` seeds Keras before the weights are made.
 
     Example:
       >>> from simclr_tf.config import Config, ModelConfig
@@ -177,12 +194,7 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
     """
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    encoder = ResNet(
-        depth=model_cfg.resnet_depth, width_multiplier=model_cfg.width_multiplier,
-        cifar_stem=image_size <= CIFAR_STEM_MAX_SIZE, sk_ratio=model_cfg.sk_ratio,
-        se_ratio=model_cfg.se_ratio,
-        bn_momentum=model_cfg.batch_norm_decay, bn_epsilon=model_cfg.batch_norm_epsilon,
-        global_bn=model_cfg.global_bn)
+    encoder = _build_encoder(model_cfg, image_size)
     head = ProjectionHead(
         mode=model_cfg.proj_head_mode, num_layers=model_cfg.num_proj_layers,
         out_dim=model_cfg.proj_out_dim, ft_proj_selector=model_cfg.ft_proj_selector,
