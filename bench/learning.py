@@ -65,13 +65,14 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs_for_schedule", type=int, default=15)
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--crop_impl", default="reference", help="reference or uniform_area (--crop_impl)")
     args = parser.parse_args()
     if not os.path.exists(args.npz):
         sys.exit(f"{args.npz} not found: pass --npz=PATH of an npz with x_train [N,32,32,3] and y_train.")
     keras.mixed_precision.set_global_policy(args.precision)
     source = NpzSource(args.npz, args.held_out)
     data = DataConfig(dataset="npz", image_size=32, eval_split="test", color_jitter_strength=0.5,
-                      use_blur=False, seed=0)
+                      use_blur=False, seed=0, crop_impl=args.crop_impl)
     model_cfg = ModelConfig(resnet_depth=18, width_multiplier=args.width_multiplier, num_proj_layers=2,
                             proj_out_dim=64)
     model = build_simclr_model(model_cfg, 32, num_classes=source.info.num_classes, temperature=0.2,
@@ -95,7 +96,7 @@ def main():
     steps = int(model.optimizer.iterations.numpy())
     common.print_table(
         f"Learning: ResNet-18 width {args.width_multiplier}, {num_train} images of "
-        f"{source.info.name}, batch {args.batch}, {args.precision}, budget {args.minutes} min",
+        f"{source.info.name}, batch {args.batch}, {args.precision}, crop {args.crop_impl}, budget {args.minutes} min",
         ["encoder", "pretraining", "probe top-1 on held-out", "probe top-5"],
         [["SimCLR-pretrained", f"{steps} steps in {elapsed / 60:.1f} min", f"{trained['top_1']:.3f}",
           f"{trained['top_5']:.3f}"],
