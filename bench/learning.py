@@ -47,12 +47,16 @@ class NpzSource(ImageSource):
 
 
 class WallClockBudget(keras.callbacks.Callback):
-    def __init__(self, seconds):
+    """Stops training after `seconds`, or after `max_steps` steps (0: no step limit), whichever comes first."""
+
+    def __init__(self, seconds, max_steps=0):
         super().__init__()
         self.deadline = time.time() + seconds
+        self.max_steps = max_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.time() > self.deadline:
+        steps = int(self.model.optimizer.iterations.numpy())
+        if time.time() > self.deadline or (self.max_steps and steps >= self.max_steps):
             self.model.stop_training = True
 
 
@@ -65,27 +69,32 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs_for_schedule", type=int, default=15)
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--crop_impl", default="reference", help="reference or uniform_area (--crop_impl)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pretrained model and its input pipeline")
+    parser.add_argument("--max_steps", type=int, default=0,
+                        help="also stop after this many steps (0: the wall-clock budget only); an equal step "
+                             "budget compares runs on a loaded machine")
     args = parser.parse_args()
     if not os.path.exists(args.npz):
         sys.exit(f"{args.npz} not found: pass --npz=PATH of an npz with x_train [N,32,32,3] and y_train.")
     keras.mixed_precision.set_global_policy(args.precision)
     source = NpzSource(args.npz, args.held_out)
     data = DataConfig(dataset="npz", image_size=32, eval_split="test", color_jitter_strength=0.5,
-                      use_blur=False, seed=0)
+                      use_blur=False, seed=args.seed, crop_impl=args.crop_impl)
     model_cfg = ModelConfig(resnet_depth=18, width_multiplier=args.width_multiplier, num_proj_layers=2,
                             proj_out_dim=64)
     model = build_simclr_model(model_cfg, 32, num_classes=source.info.num_classes, temperature=0.2,
-                               hidden_norm=True, weight_decay=1e-4, optimizer_name="lars", seed=0)
+                               hidden_norm=True, weight_decay=1e-4, optimizer_name="lars", seed=args.seed)
     num_train = source.info.num_examples["train"]
     schedule = WarmUpAndCosineDecay(1.0, num_train, args.batch, warmup_epochs=1,
                                     train_epochs=args.epochs_for_schedule)
     model.compile(optimizer=LARS(schedule, weight_decay=1e-4,
                                  exclude_from_weight_decay=list(DEFAULT_LARS_EXCLUDE)))
-    train = pipelines.build_pretrain_dataset(source, "train", data, args.batch, seed=0)
+    train = pipelines.build_pretrain_dataset(source, "train", data, args.batch, seed=args.seed)
     steps_per_epoch = num_train // args.batch
     start = time.time()
     model.fit(train, epochs=args.epochs_for_schedule, steps_per_epoch=steps_per_epoch, verbose=2,
-              callbacks=[WallClockBudget(60 * args.minutes)])
+              callbacks=[WallClockBudget(60 * args.minutes, args.max_steps)])
     elapsed = time.time() - start
     probe_sets = [pipelines.build_eval_dataset(source, split, data, 256) for split in ("train", "test")]
     trained = linear_probe.probe_encoder(model.encoder, *probe_sets, source.info.num_classes)
@@ -95,7 +104,7 @@ def main():
     steps = int(model.optimizer.iterations.numpy())
     common.print_table(
         f"Learning: ResNet-18 width {args.width_multiplier}, {num_train} images of "
-        f"{source.info.name}, batch {args.batch}, {args.precision}, budget {args.minutes} min",
+        f"{source.info.name}, batch {args.batch}, {args.precision}, crop {args.crop_impl}, budget {args.minutes} min",
         ["encoder", "pretraining", "probe top-1 on held-out", "probe top-5"],
         [["SimCLR-pretrained", f"{steps} steps in {elapsed / 60:.1f} min", f"{trained['top_1']:.3f}",
           f"{trained['top_5']:.3f}"],

@@ -16,6 +16,7 @@ PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CORRUPT_IMAGE_POLICIES = ("skip", "fail")
 COLOR_JITTER_IMPLS = ("simclrv1", "simclrv2")
+CROP_IMPLS = ("reference", "uniform_area")  # crop box sampler (issue 17), as data/image_ops.CROP_IMPLS
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 CIFAR_STEM_MAX_SIZE = 32
 MIN_IMAGE_SIZE = 8
@@ -69,6 +70,9 @@ class DataConfig:
     seed: Optional[int] = None
     label_fraction: float = 1.0  # Fine-tuning/distillation: train on this class-balanced share of labels.
     labels_per_class: int = 0  # ... or on this many labelled examples per class (0: use label_fraction).
+    # Crop box sampler (issue 17): "reference" = tf.image.sample_distorted_bounding_box's distribution,
+    # "uniform_area" = area uniform, aspect log-uniform (the paper's text).
+    crop_impl: str = "reference"
 
     @property
     def blur(self) -> bool:
@@ -304,6 +308,7 @@ def validate(cfg: Config) -> Config:
     _choice(model.resnet_depth, RESNET_DEPTHS, "resnet_depth")
     _choice(data.corrupt_images, CORRUPT_IMAGE_POLICIES, "corrupt_images")
     _choice(data.color_jitter_impl, COLOR_JITTER_IMPLS, "color_jitter_impl")
+    _choice(data.crop_impl, CROP_IMPLS, "crop_impl")
     _choice(train.precision, PRECISIONS, "precision")
     _positive(train.train_batch_size, "train_batch_size")
     _positive(train.eval_batch_size, "eval_batch_size")

@@ -33,6 +33,11 @@ _FLAG_HELP = [
                                "drawn class-balanced and seeded (--seed, else 0); the chosen ids go to "
                                "model_dir/label_subset.json. 1 uses every label."),
     ("data", "labels_per_class", "Like --label_fraction, but this many labelled examples per class."),
+    # Crop box sampler (issue 17).
+    ("data", "crop_impl", "Random crop's box distribution. reference: as the reference's "
+                          "tf.image.sample_distorted_bounding_box (aspect uniform, box height uniform, 100 "
+                          "attempts, whole image if none fits); uniform_area: area uniform, aspect "
+                          "log-uniform, 10 attempts (the paper's text)."),
     # Model.
     ("model", "resnet_depth", "Depth of the ResNet: 18, 34, 50, 101, 152 or 200."),
     ("model", "width_multiplier", "Width multiplier of the ResNet (fractions such as 0.5 work too)."),
@@ -157,6 +162,7 @@ _ENUMS = {
     "proj_head_mode": config_lib.PROJ_HEAD_MODES,
     "corrupt_images": config_lib.CORRUPT_IMAGE_POLICIES,
     "color_jitter_impl": config_lib.COLOR_JITTER_IMPLS,
+    "crop_impl": config_lib.CROP_IMPLS,  # issue 17
     "precision": config_lib.PRECISIONS,
 }
 

@@ -17,6 +17,7 @@ def random_layers():
     """One of each random layer, set so that every image is changed (where the layer allows)."""
     return {
             "crop": augment.RandomResizedCrop(20, 28),
+            "crop_uniform_area": augment.RandomResizedCrop(20, 28, impl="uniform_area"),
             "flip": augment.RandomFlip(),
             "jitter": augment.ColorJitter(1.0, probability=1.0),
             "jitter_v1_fixed_order": augment.ColorJitter(0.5, impl="simclrv1", random_order=False),
@@ -45,7 +46,7 @@ def three_ways(aug, images, seed):
 @pytest.mark.parametrize("name", LAYER_NAMES)
 def test_shapes_dtype_and_range(name):
     aug = layer(name)
-    expected = (20, 28) if name in ("crop", "pretrain", "finetune") else BATCH.shape[1:3]
+    expected = (20, 28) if name in ("crop", "crop_uniform_area", "pretrain", "finetune") else BATCH.shape[1:3]
     batch = aug(BATCH, seed=SEED)
     single = aug(BATCH[0], seed=SEED)
     assert batch.shape == (6, *expected, 3) and single.shape == (*expected, 3)
@@ -80,7 +81,7 @@ def test_each_image_of_a_batch_gets_its_own_draw(name):
 def test_not_training_is_identity_or_resize(name):
     aug = layer(name)
     out = aug(BATCH, training=False).numpy()
-    if name in ("crop", "pretrain", "finetune"):
+    if name in ("crop", "crop_uniform_area", "pretrain", "finetune"):
         want = tf.image.resize(BATCH, (20, 28), method="bicubic")
         np.testing.assert_allclose(out, np.clip(want, 0, 1), atol=1e-6)
     else:
@@ -152,6 +153,23 @@ def test_crop_uses_the_sampled_boxes():
     box = aug.sample_boxes(1, 24, 36, SEED)
     want = fused_loop.crop_and_resize(BATCH[:1], box, 20, 28)[0]
     np.testing.assert_allclose(single, np.clip(want, 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("impl, sampler", [("reference", image_ops.sample_distorted_boxes),
+                                           ("uniform_area", image_ops.sample_crop_boxes)])
+def test_crop_impl_picks_the_box_sampler(impl, sampler):
+    layer_default = augment.PretrainAugment(20, 28).crop_layer
+    assert layer_default.impl == "reference"  # the reference's distribution is the default
+    aug = augment.PretrainAugment(20, 28, crop_impl=impl, use_blur=False)
+    aspect = (3 / 4 * 28 / 20, 4 / 3 * 28 / 20)
+    want = sampler(SEED, 6, 24, 36, (0.08, 1.0), aspect).numpy()
+    np.testing.assert_array_equal(aug.crop_layer.sample_boxes(6, 24, 36, SEED), want)
+    # The pretraining view crops those boxes (colour off: crop and flip only), in the fused loop.
+    plain = augment.PretrainAugment(20, 28, color_jitter_strength=0.0, use_blur=False, flip=False,
+                                    crop_impl=impl)
+    boxes = plain.crop_layer.sample_boxes(6, 24, 36, augment._fold(SEED, 0))
+    np.testing.assert_allclose(plain(BATCH, seed=SEED),
+                               np.clip(fused_loop.crop_and_resize(BATCH, boxes, 20, 28), 0, 1), atol=1e-6)
 
 
 def test_crop_of_a_coordinate_image_shows_area_and_aspect_in_range():
@@ -358,12 +376,14 @@ def test_center_crop_resize_matches_the_reference_transform(crop):
 # ----------------------------------------------------------------------------- config
 
 ALL_LAYERS = [
-        augment.RandomResizedCrop(20, 28, area_range=(0.2, 0.9), interpolation="bilinear", seed=1),
+        augment.RandomResizedCrop(20, 28, area_range=(0.2, 0.9), interpolation="bilinear", impl="uniform_area",
+                                  seed=1),
         augment.RandomFlip(0.3, seed=2),
         augment.ColorJitter(0.5, 0.7, impl="simclrv1", random_order=False, seed=3),
         augment.RandomGrayscale(0.4, seed=4),
         augment.RandomGaussianBlur(0.6, sigma_range=(0.2, 1.0), kernel_size=9, seed=5),
-        augment.PretrainAugment(20, 28, 0.5, "simclrv1", use_blur=False, crop=False, flip=False, seed=6),
+        augment.PretrainAugment(20, 28, 0.5, "simclrv1", use_blur=False, crop=False, flip=False,
+                                crop_impl="uniform_area", seed=6),
         augment.FineTuneAugment(20, 28, crop=False, seed=7),
         augment.CenterCropResize(20, 28, crop_proportion=0.9, crop=False),
 ]
@@ -380,5 +400,7 @@ def test_config_covers_init_and_round_trips(aug):
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="interpolation"):
         augment.RandomResizedCrop(8, 8, interpolation="area")
+    with pytest.raises(ValueError, match="uniform_area"):
+        augment.RandomResizedCrop(8, 8, impl="torchvision")
     with pytest.raises(ValueError, match="impl"):
         augment.ColorJitter(impl="simclrv3")

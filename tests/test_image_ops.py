@@ -1,5 +1,8 @@
 """Tests for simclr_tf.data.image_ops: each batched op against tf.image or a numpy formula."""
+import json
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -82,6 +85,75 @@ def test_crop_boxes_are_deterministic_per_seed():
     other = image_ops.sample_crop_boxes(tf.constant([5, 7]), 16, 40, 40).numpy()
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+# Quantiles of the boxes tf.image.sample_distorted_bounding_box returns with the reference's arguments
+# (tests/data/make_crop_quantiles.py wrote them by calling that op; its "how" field says how).
+CROP_GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "data", "crop_quantiles.json")))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
+from make_crop_quantiles import box_statistics  # noqa: E402
+
+
+def crop_statistic_gaps(boxes, case):
+    """Largest |ours - golden| per statistic, and the tolerance each may take (sampling noise plus one
+    pixel step, as small images give discrete quantiles)."""
+    height, width = case["image_height"], case["image_width"]
+    ours = box_statistics(boxes, height, width)
+    pixel = 1.0 / min(height, width)
+    tolerances = {"area": 0.02 + pixel, "aspect": 0.02, "center_y": 0.01 + pixel, "center_x": 0.01 + pixel,
+                  "whole_image_fraction": 0.01, "touches_far_edge_fraction": 0.005}
+    gaps = {name: float(np.max(np.abs(np.array(ours[name]) - np.array(case[name])))) for name in tolerances}
+    return gaps, tolerances
+
+
+@pytest.mark.parametrize("case_name", sorted(CROP_GOLDEN["cases"]))
+def test_reference_crop_matches_sample_distorted_bounding_box_quantiles(case_name):
+    case = CROP_GOLDEN["cases"][case_name]
+    boxes = image_ops.sample_distorted_boxes(
+            tf.constant([7, 11]), CROP_GOLDEN["draws"], case["image_height"], case["image_width"],
+            case["area_range"], case["aspect_ratio_range"], max_attempts=case["max_attempts"]).numpy()
+    gaps, tolerances = crop_statistic_gaps(boxes, case)
+    assert all(gaps[name] <= tolerances[name] for name in gaps), (gaps, tolerances)
+
+
+def test_uniform_area_crop_is_told_apart_by_the_golden_quantiles():
+    # The comparison above can fail: the paper-text crop (area uniform, aspect log-uniform, offsets
+    # reaching the far edge) is outside the tolerances on area, aspect and edge contact.
+    case = CROP_GOLDEN["cases"]["cifar_32x32"]
+    boxes = image_ops.sample_crop_boxes(tf.constant([7, 11]), CROP_GOLDEN["draws"], 32, 32).numpy()
+    gaps, tolerances = crop_statistic_gaps(boxes, case)
+    for name in ("area", "aspect", "touches_far_edge_fraction"):
+        assert gaps[name] > 1.5 * tolerances[name], (name, gaps, tolerances)
+
+
+def test_reference_crop_falls_back_to_the_whole_image_when_no_box_fits():
+    # A 2x2 image has box areas 1/4, 2/4 and 1 only: none lies in (0.3, 0.45).
+    boxes = image_ops.sample_distorted_boxes(tf.constant([0, 1]), 64, 2, 2, area_range=(0.3, 0.45)).numpy()
+    np.testing.assert_array_equal(boxes, np.tile([[0, 0, 2, 2]], (64, 1)))
+    # So does the op itself (here with one seed).
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [2, 2, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=[0, 1], min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.3, 0.45), max_attempts=100)
+    assert begin.numpy()[:2].tolist() == [0, 0] and size.numpy()[:2].tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("image_size", [(32, 32), (37, 53)])
+def test_reference_crop_boxes_fit_and_respect_the_ranges(image_size):
+    height, width = image_size
+    boxes = image_ops.sample_distorted_boxes(tf.constant([3, 4]), 2000, height, width).numpy()
+    top, left, crop_h, crop_w = boxes.T
+    assert np.all(top >= 0) and np.all(left >= 0)
+    assert np.all(top + crop_h <= height) and np.all(left + crop_w <= width)
+    area = crop_h * crop_w / (height * width)
+    assert np.all(area >= 0.1 - 1e-6) and np.all(area <= 1.0)  # min_object_covered=0.1 binds before 0.08
+    aspect = (crop_w / crop_h)[area < 1]
+    # The width is the rounded height times the ratio: the aspect is within half a pixel of the range.
+    assert np.all(aspect >= 0.75 - 0.5 / crop_h[area < 1]) and np.all(aspect <= 4 / 3 + 0.5 / crop_h[area < 1])
+    first = image_ops.sample_distorted_boxes(tf.constant([5, 6]), 16, height, width).numpy()
+    np.testing.assert_array_equal(first, image_ops.sample_distorted_boxes(tf.constant([5, 6]), 16, height,
+                                                                          width).numpy())
+    assert not np.array_equal(first, image_ops.sample_distorted_boxes(tf.constant([5, 7]), 16, height,
+                                                                      width).numpy())
 
 
 @pytest.mark.parametrize("image_size, target, expected", [

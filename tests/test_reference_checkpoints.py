@@ -274,3 +274,29 @@ def test_every_released_layout_is_recognized(depth, width, sk, version):
             assert (arch["num_proj_layers"], arch["proj_out_dim"]) == (3, 128)
         else:
             assert arch["num_proj_layers"] == 0 or arch["proj_head_mode"] == "none", arch
+
+
+def test_initial_weights_follow_the_reference_initializers_layer_by_layer():
+    # tests/data/reference_init_r18_cifar.json: mean and std of every initial weight of the reference's own
+    # ResNet-18 (CIFAR stem) + 3-layer head + probe ("how" in the file). Ours, at another seed, must have
+    # the same distribution per weight: conv kernels fan-in truncated normal, dense kernels N(0, 0.01),
+    # biases and betas 0, gammas 1 except 0 for the last BN of every residual branch.
+    from simclr_tf.config import ModelConfig
+    from simclr_tf.models.simclr import build_simclr_model
+
+    golden = json.load(open(os.path.join(DATA, "reference_init_r18_cifar.json")))["weights"]
+    cfg = ModelConfig(resnet_depth=18, width_multiplier=1, proj_head_mode="nonlinear", num_proj_layers=3,
+                      proj_out_dim=128, global_bn=False)
+    model = build_simclr_model(cfg, image_size=32, num_classes=10, temperature=0.5, hidden_norm=True,
+                               weight_decay=0.0, optimizer_name="lars", seed=1)
+    ours = {w.path.split("/", 1)[1]: w.numpy().astype(np.float64) for w in model.weights if "moving" not in w.path}
+    assert sorted(ours) == sorted(golden)
+    for path, value in ours.items():
+        want = golden[path]
+        assert list(value.shape) == want["shape"], path
+        if want["std"] == 0.0:  # a constant initializer: the same constant
+            np.testing.assert_array_equal(value, want["mean"], err_msg=path)
+            continue
+        # Sampling noise of a std estimate from n draws is about std / sqrt(2n); the smallest kernel has 1728.
+        assert abs(value.std() / want["std"] - 1.0) < 0.08, (path, value.std(), want["std"])
+        assert abs(value.mean() - want["mean"]) < 6 * want["std"] / np.sqrt(value.size), path

@@ -112,18 +112,28 @@ class _RandomImageLayer(_ImageLayer):
 class RandomResizedCrop(_RandomImageLayer):
     """Random crop (area fraction and aspect ratio w/h in range) resized to (height, width).
 
-    Boxes come from `image_ops.sample_crop_boxes`: 10 candidates per image (area uniform, aspect
-    log-uniform, sides rounded to pixels), the first that fits and stays in both ranges, else the
-    whole image. `interpolation` is "bicubic" or "bilinear", matching tf.image.resize. A batch is
-    resampled from each crop's taps (`resize_taps`) in the fused loop; a single image is sliced
-    and resized. With `training=False` the whole image is resized.
+    Two samplers of the box, chosen by `impl`:
+    - "reference" (default): the distribution of `tf.image.sample_distorted_bounding_box` as the
+      reference calls it (whole-image box, `min_object_covered=0.1`, 100 attempts), drawn per image
+      by `image_ops.sample_distorted_boxes`: aspect uniform, box height a uniform integer (so small
+      areas are more frequent than with a uniform area: median area 0.40 on 32 px images), the
+      whole image when no attempt fits.
+    - "uniform_area": the crop as the paper's text describes it, `image_ops.sample_crop_boxes`:
+      10 candidates per image (area uniform, aspect log-uniform, sides rounded to pixels), the first
+      that fits and stays in both ranges, else the whole image (median area 0.46 on 32 px images).
+    `interpolation` is "bicubic" or "bilinear", matching tf.image.resize. A batch is resampled from
+    each crop's taps (`resize_taps`) in the fused loop; a single image is sliced and resized. With
+    `training=False` the whole image is resized.
     """
 
     def __init__(self, height, width, area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-                 interpolation="bicubic", seed=None, **kwargs):
+                 interpolation="bicubic", impl="reference", seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}.")
+        if impl not in image_ops.CROP_IMPLS:
+            raise ValueError(f"impl must be one of {image_ops.CROP_IMPLS}, got {impl!r}.")
+        self.impl = impl
         self.height = height
         self.width = width
         self.area_range = tuple(area_range)
@@ -132,9 +142,10 @@ class RandomResizedCrop(_RandomImageLayer):
 
     def sample_boxes(self, batch_size, image_height, image_width, seed):
         """The `(top, left, height, width)` boxes `call` uses for this seed, int32 [B, 4]."""
-        return image_ops.sample_crop_boxes(
-            self.draw_seed(seed), batch_size, image_height, image_width,
-            self.area_range, self.aspect_ratio_range)
+        sampler = (image_ops.sample_distorted_boxes if self.impl == "reference"
+                   else image_ops.sample_crop_boxes)
+        return sampler(self.draw_seed(seed), batch_size, image_height, image_width,
+                       self.area_range, self.aspect_ratio_range)
 
     def crop_taps(self, boxes, flips=None):
         """`fused_augment`'s `crop` argument for these boxes; `flips` [B] mirrors those outputs."""
@@ -156,7 +167,7 @@ class RandomResizedCrop(_RandomImageLayer):
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width,
                 "area_range": self.area_range, "aspect_ratio_range": self.aspect_ratio_range,
-                "interpolation": self.interpolation}
+                "interpolation": self.interpolation, "impl": self.impl}
 
 
 @_register
@@ -393,7 +404,9 @@ class PretrainAugment(_RandomImageLayer):
 
     As the reference: the crop's aspect-ratio range is (3/4, 4/3) times width / height;
     `color_jitter_strength <= 0` turns off jitter and grayscale; `crop=False` resizes to
-    (height, width) (no-op if already that size); `use_blur` adds the blur (ImageNet setting).
+    (height, width) (no-op if already that size); `use_blur` adds the blur (ImageNet setting);
+    `crop_impl` picks the crop's box sampler (`RandomResizedCrop`'s `impl`: "reference" or
+    "uniform_area").
 
     Example:
       >>> augmenter = PretrainAugment(height=32, width=32, use_blur=False)
@@ -413,8 +426,9 @@ class PretrainAugment(_RandomImageLayer):
     """
 
     def __init__(self, height, width, color_jitter_strength=1.0, color_jitter_impl="simclrv2",
-                 use_blur=True, crop=True, flip=True, seed=None, **kwargs):
+                 use_blur=True, crop=True, flip=True, crop_impl="reference", seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
+        self.crop_impl = crop_impl
         self.height = height
         self.width = width
         self.color_jitter_strength = color_jitter_strength
@@ -424,7 +438,8 @@ class PretrainAugment(_RandomImageLayer):
         self.flip = flip
         aspect = width / height
         self.crop_layer = RandomResizedCrop(height, width,
-                                            aspect_ratio_range=(3 / 4 * aspect, 4 / 3 * aspect))
+                                            aspect_ratio_range=(3 / 4 * aspect, 4 / 3 * aspect),
+                                            impl=crop_impl)
         self.flip_layer = RandomFlip(0.5)
         self.jitter_layer = ColorJitter(color_jitter_strength, 0.8, impl=color_jitter_impl)
         self.grayscale_layer = RandomGrayscale(0.2)
@@ -482,7 +497,7 @@ class PretrainAugment(_RandomImageLayer):
         return {**super().get_config(), "height": self.height, "width": self.width,
                 "color_jitter_strength": self.color_jitter_strength,
                 "color_jitter_impl": self.color_jitter_impl, "use_blur": self.use_blur,
-                "crop": self.crop, "flip": self.flip}
+                "crop": self.crop, "flip": self.flip, "crop_impl": self.crop_impl}
 
 
 @_register
@@ -500,9 +515,9 @@ class FineTuneAugment(PretrainAugment):
       0.0
     """
 
-    def __init__(self, height, width, crop=True, flip=True, seed=None, **kwargs):
+    def __init__(self, height, width, crop=True, flip=True, crop_impl="reference", seed=None, **kwargs):
         super().__init__(height, width, color_jitter_strength=0.0, use_blur=False, crop=crop,
-                         flip=flip, seed=seed, **kwargs)
+                         flip=flip, crop_impl=crop_impl, seed=seed, **kwargs)
 
     def get_config(self):
         config = super().get_config()

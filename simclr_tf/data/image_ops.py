@@ -3,7 +3,7 @@
 Every op takes a batch of float32 images in [0, 1] (`[B, H, W, 3]`; the color ops take the
 channels-first `[B, 3, H, W]` of `to_planes`) and one parameter per image (shape `[B]`), so a
 whole batch is transformed at once with no Python loop over images. Nothing here draws random
-numbers except `sample_crop_boxes`, which is stateless (same seed, same boxes).
+numbers except `sample_crop_boxes` and `sample_distorted_boxes`, which are stateless (same seed, same boxes).
 
 `fused_loop.fused_augment` computes the same formulas in one XLA-compiled loop over the images
 (the fast path of the augmentation layers for batches); `crop_taps` and `mirror_taps` prepare its
@@ -79,6 +79,69 @@ def sample_crop_boxes(seed, batch_size, image_height, image_width,
     left = tf.floor(tf.random.stateless_uniform([batch_size], draw_seeds[3]) * (full_w - crop_w + 1.0))
     top = tf.minimum(top, full_h - crop_h)
     left = tf.minimum(left, full_w - crop_w)
+    return tf.cast(tf.stack([top, left, crop_h, crop_w], axis=1), tf.int32)
+
+
+CROP_IMPLS = ("reference", "uniform_area")
+
+
+def sample_distorted_boxes(seed, batch_size, image_height, image_width, area_range=(0.08, 1.0),
+                           aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.1, max_attempts=100):
+    """Crop boxes drawn as `tf.image.sample_distorted_bounding_box` draws them, int32 `[B, 4]`.
+
+    The reference crops with that op (whole-image bounding box, `min_object_covered=0.1`, 100
+    attempts); this is the same distribution, computed for a whole batch at once from stateless
+    draws (the op itself takes one image and no per-image seed). Each attempt draws the aspect ratio
+    (width / height) *uniformly* in `aspect_ratio_range`, then the height as a uniform integer between
+    the heights of the smallest and largest allowed areas (so the side, not the area, is uniform);
+    the width is the rounded height times the ratio, grown by one row (twice at most) when rounding
+    fell under the smallest area. An attempt is kept if its box fits, its area fraction lies in
+    `area_range` and covers at least `min_object_covered` of the image; the first kept one wins,
+    else the box is the whole image. The offset is uniform in `[0, image - box)` on each axis, so a
+    box smaller than the image never touches its bottom or right edge (as the op). Rows are
+    `(top, left, height, width)`; all arithmetic is float32 with round-half-to-even, as the op.
+    """
+    seed = tf.cast(seed, tf.int64)
+    shape = tf.stack([batch_size, max_attempts])
+    draws = [tf.random.stateless_uniform(shape, tf.random.experimental.stateless_fold_in(seed, i))
+             for i in range(4)]
+    full_h = tf.cast(image_height, tf.float32)
+    full_w = tf.cast(image_width, tf.float32)
+    min_area = tf.constant(area_range[0], tf.float32) * full_w * full_h
+    max_area = tf.constant(area_range[1], tf.float32) * full_w * full_h
+    low_ratio = tf.constant(aspect_ratio_range[0], tf.float32)
+    ratio = draws[0] * (tf.constant(aspect_ratio_range[1], tf.float32) - low_ratio) + low_ratio
+
+    height = tf.math.rint(tf.sqrt(min_area / ratio))
+    max_height = tf.math.rint(tf.sqrt(max_area / ratio))
+    # Tallest box whose rounded width still fits the image.
+    capped = tf.floor((full_w + 0.5 - 1e-7) / ratio)
+    capped = tf.where(tf.math.rint(capped * ratio) > full_w, capped - 1.0, capped)
+    max_height = tf.where(tf.math.rint(max_height * ratio) > full_w, capped, max_height)
+    max_height = tf.minimum(max_height, full_h)
+    height = tf.minimum(height, max_height)
+    spread = max_height - height + 1.0
+    height = height + tf.minimum(tf.floor(draws[1] * spread), spread - 1.0)
+    width = tf.math.rint(height * ratio)
+    for _ in range(2):  # rounding may leave the area just under the minimum: one row taller, twice
+        small = width * height < min_area
+        height = tf.where(small, height + 1.0, height)
+        width = tf.where(small, tf.math.rint(height * ratio), width)
+    area = width * height
+    fits = ((area >= min_area) & (area <= max_area) & (width <= full_w) & (height <= full_h)
+            & (width > 0.0) & (height > 0.0)
+            & (area / (full_h * full_w) >= tf.constant(min_object_covered, tf.float32)))
+    first_fit = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    any_fit = tf.reduce_any(fits, axis=1)
+
+    def first(values):
+        return tf.gather(values, first_fit, batch_dims=1)
+
+    crop_h = tf.where(any_fit, first(height), full_h)
+    crop_w = tf.where(any_fit, first(width), full_w)
+    # The op's offset is uniform in [0, size - box), and 0 when the box spans the axis.
+    top = tf.minimum(tf.floor(first(draws[2]) * (full_h - crop_h)), tf.maximum(full_h - crop_h - 1.0, 0.0))
+    left = tf.minimum(tf.floor(first(draws[3]) * (full_w - crop_w)), tf.maximum(full_w - crop_w - 1.0, 0.0))
     return tf.cast(tf.stack([top, left, crop_h, crop_w], axis=1), tf.int32)
 
 

@@ -50,12 +50,12 @@ def pretrain_augmenter(data: DataConfig, seed=None) -> augment.PretrainAugment:
         height=data.image_size, width=data.image_size,
         color_jitter_strength=data.color_jitter_strength,
         color_jitter_impl=data.color_jitter_impl,
-        use_blur=data.blur, seed=seed)
+        use_blur=data.blur, crop_impl=data.crop_impl, seed=seed)
 
 
 def finetune_augmenter(data: DataConfig) -> augment.FineTuneAugment:
     # Random resized crop and flip, for CIFAR-sized images too, as the paper fine-tunes.
-    return augment.FineTuneAugment(height=data.image_size, width=data.image_size)
+    return augment.FineTuneAugment(height=data.image_size, width=data.image_size, crop_impl=data.crop_impl)
 
 
 def eval_preprocessor(data: DataConfig) -> augment.CenterCropResize:
