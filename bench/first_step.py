@@ -7,8 +7,8 @@ training=True (batch statistics), as the first training step computes them.
 
 With `--ref_dir` (written outside the project by a side-by-side run of the reference, one
 `ref_seed<S>.json` with its loss/accuracy, `ref_views_seed<S>.npz` with its two views and `ref_init_seed<S>/`
-with its initial weights, a tf.train.Checkpoint prefix `ckpt`), it also prints the reference's own figures, ours with the
-reference's initial weights transplanted (simclr_tf.reference_checkpoints), ours on the reference's views,
+with its initial weights, a tf.train.Checkpoint prefix `ckpt`), it also prints the reference's own figures,
+ours with the reference's initial weights transplanted (simclr_tf.reference_checkpoints), ours on the reference's views,
 and per-group statistics of the initial weights of both.
 
     python bench/first_step.py --seeds=0,1,2 [--ref_dir=DIR]
