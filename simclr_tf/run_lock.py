@@ -19,6 +19,7 @@ from absl import logging
 from simclr_tf.config import ConfigError
 
 LOCK_FILE = "run.lock"
+_HELD = set()  # real paths of the locks this process holds
 
 
 class RunLockedError(ConfigError):
@@ -37,10 +38,10 @@ def _process_start_time(pid):
         return None
 
 
-def _holder_alive(pid, start_time):
-    """Whether the process that wrote a lock at `start_time` still runs as `pid` on this host."""
-    if pid == os.getpid():
-        return False  # A restarted container often gives the new run the pid of the killed one.
+def _holder_alive(pid, start_time, path):
+    """Whether the process that wrote the lock at `path` at `start_time` still runs as `pid` here."""
+    if pid == os.getpid():  # This process, or a killed run whose pid a restarted container reused.
+        return os.path.realpath(path) in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,6 +88,7 @@ class RunLock:
             f.flush()
             os.fsync(f.fileno())
         self.held = True
+        _HELD.add(os.path.realpath(self.path))
 
     def _read(self):
         try:
@@ -111,7 +113,7 @@ class RunLock:
             same_host = holder.get("host") == socket.gethostname()
             pid = holder.get("pid")
             if holder and (not same_host or not isinstance(pid, int)
-                           or _holder_alive(pid, holder.get("start_time"))):
+                           or _holder_alive(pid, holder.get("start_time"), self.path)):
                 where = "" if same_host else (" (another host: this one cannot tell whether it still "
                                               "runs)")
                 raise RunLockedError(
@@ -131,6 +133,7 @@ class RunLock:
         if not self.held:
             return
         self.held = False
+        _HELD.discard(os.path.realpath(self.path))
         holder = self._read()
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             os.remove(self.path)
