@@ -17,6 +17,8 @@ from absl import logging
 
 from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
+from simclr_tf.models import encoders
+from simclr_tf.models.resnet import ResNet
 
 CONFIG_FILE = "config.json"
 # Fields a resumed run may change: they say where and how the run executes, not what it trains.
@@ -25,13 +27,15 @@ OPERATIONAL_FIELDS = {
     "train": {"mode", "model_dir", "checkpoint", "train_epochs", "train_steps", "eval_batch_size",
               "eval_steps", "eval_wait_secs", "checkpoint_epochs", "checkpoint_steps", "keep_checkpoint_max",
               "train_summary_steps", "eval_name", "random_encoder_baseline", "seed", "verbose", "precision",
-              "jit_compile", "keep_hub_module_max", "variable_schema", "log_every_steps", "log_every_secs"},
+              "jit_compile", "keep_hub_module_max", "variable_schema", "log_every_steps", "log_every_secs",
+              # Monitors: what the run reports, not what it trains.
+              "knn_eval_epochs", "knn_k", "knn_temperature", "knn_bank_size", "projector_examples"},
     "model": {"zero_init_logits_layer"},  # initialization only
     "distribute": None,  # every field: a run may resume on other hardware.
 }
 # Model fields a fine-tuning or distillation run takes from --checkpoint rather than from its flags.
-CHECKPOINT_ARCHITECTURE_FIELDS = ("resnet_depth", "width_multiplier", "sk_ratio", "se_ratio",
-                                  "proj_head_mode", "num_proj_layers", "proj_out_dim")
+CHECKPOINT_ARCHITECTURE_FIELDS = ("backbone", "backbone_args", "resnet_depth", "width_multiplier", "sk_ratio",
+                                  "se_ratio", "proj_head_mode", "num_proj_layers", "proj_out_dim")
 
 
 def config_path(model_dir):
@@ -106,12 +110,23 @@ def check_resume_flags(cfg):
 
 
 def architecture_of(model):
-    """The `ModelConfig` architecture fields of a built model (the student of a distillation model)."""
+    """The `ModelConfig` architecture fields of a built model (the student of a distillation model).
+
+    Our ResNet gives its depth, width and SK/SE ratios; another encoder (a `KerasEncoder`) its
+    `--backbone` name where the model tells it (a keras.applications model's name, a keras-hub class).
+    """
     model = getattr(model, "student", model)
     encoder, head = model.encoder, model.projection_head
-    return {"resnet_depth": encoder.depth, "width_multiplier": encoder.width_multiplier,
-            "sk_ratio": encoder.sk_ratio, "se_ratio": encoder.se_ratio, "proj_head_mode": head.mode,
-            "num_proj_layers": head.num_layers, "proj_out_dim": head.out_dim}
+    used = {"proj_head_mode": head.mode, "num_proj_layers": head.num_layers, "proj_out_dim": head.out_dim}
+    if isinstance(encoder, ResNet):
+        used.update(backbone=encoders.RESNET, backbone_args="", resnet_depth=encoder.depth,
+                    width_multiplier=encoder.width_multiplier, sk_ratio=encoder.sk_ratio,
+                    se_ratio=encoder.se_ratio)
+    elif isinstance(encoder, encoders.KerasEncoder):
+        name = encoders.backbone_name_of(encoder.backbone)
+        if name is not None:
+            used["backbone"] = name
+    return used
 
 
 def with_architecture_used(cfg, model):

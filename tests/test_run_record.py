@@ -75,3 +75,23 @@ def test_a_resume_keeps_the_checkpoint_the_run_started_from_in_its_record(tmp_pa
     run_record.write(recorded)
     resumed = replace(recorded, "train", checkpoint=None, train_steps=8)
     assert run_record.for_resume(resumed, str(tmp_path)) == replace(recorded, "train", train_steps=8)
+
+
+def test_finetuning_a_keras_applications_encoder_records_its_backbone(tmp_path):
+    from simclr_tf import train
+    from simclr_tf.models.simclr import build_simclr_model
+
+    mobilenet = dataclasses.replace(TINY_MODEL, backbone="MobileNetV3Small",
+                                    backbone_args='{"alpha": 0.25, "minimalistic": true}')
+    pretrained = build_simclr_model(mobilenet, 32, num_classes=0, temperature=0.5, hidden_norm=True,
+                                    weight_decay=0.0, optimizer_name="momentum", seed=0)
+    checkpoint = str(tmp_path / "pretrained.keras")
+    pretrained.save(checkpoint)
+    cfg = replace(replace(make(str(tmp_path / "run"), train_mode="finetune", checkpoint=checkpoint),
+                          "data", image_size=32), "model", resnet_depth=50, fine_tune_after_block=4)
+    ctx = train.RunContext(cfg)  # the flags say our ResNet-50; the checkpoint holds a MobileNetV3Small
+    ctx.release()
+    assert ctx.model.encoder.backbone.name == "MobileNetV3Small"
+    recorded = ctx.recorded_cfg.model
+    assert recorded.backbone == "MobileNetV3Small" and recorded.resnet_depth == 50  # unused, left as given
+    assert (recorded.num_proj_layers, recorded.proj_out_dim) == (2, 16)

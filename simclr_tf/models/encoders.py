@@ -129,6 +129,25 @@ def build_backbone(name, args, image_size):
                           f"at --image_size={image_size}: {error}") from None
 
 
+def backbone_name_of(backbone):
+    """The `--backbone` name that builds a model like `backbone`, or None when it does not tell.
+
+    A keras.applications model carries its function's name (`MobileNetV3Small`), a keras-hub backbone its
+    class (`ResNetBackbone`); a model of your own has neither.
+
+    Example:
+      >>> backbone_name_of(build_backbone("MobileNetV3Small", {"alpha": 0.75, "minimalistic": True}, 32))
+      'MobileNetV3Small'
+      >>> print(backbone_name_of(keras.Sequential([keras.layers.GlobalAveragePooling2D()], name="mine")))
+      None
+    """
+    if backbone.name in keras_applications_names():
+        return backbone.name
+    if type(backbone).__name__ in keras_hub_backbone_names():
+        return type(backbone).__name__
+    return None
+
+
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class KerasEncoder(keras.Model):
     """Any Keras image model as a simclr_tf encoder: features `[B, feature_dim]` of images `[B, H, W, 3]`.
