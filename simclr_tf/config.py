@@ -188,6 +188,8 @@ class TrainConfig:
     distill_temperature: float = 1.0
     distill_label_weight: float = 0.0
     variable_schema: Optional[str] = None  # Accepted for the reference's command lines; see validate().
+    # Large contrastive batches (issue 12): cached-gradient chunks.
+    contrastive_chunks: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,6 +342,7 @@ def validate(cfg: Config) -> Config:
             "local directory, or mount the bucket (e.g. with gcsfuse) and pass the mounted path.")
     if cfg.distribute.tpu_name and not cfg.distribute.use_tpu:
         raise ConfigError("--tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.")
+    _check_large_batches(train, max(cfg.distribute.cpu_replicas, 1))
     return cfg
 
 
@@ -394,3 +397,39 @@ def steps_per_checkpoint(train: TrainConfig, num_examples: int) -> int:
 
 def eval_steps(train: TrainConfig, num_eval_examples: int) -> int:
     return train.eval_steps or int(math.ceil(num_eval_examples / train.eval_batch_size))
+
+
+def _check_large_batches(train: TrainConfig, num_replicas: int = 1):
+    """--contrastive_chunks: pretraining only, not with --grad_accum_steps, chunks that divide the batch."""
+    if train.contrastive_chunks < 1:
+        raise ConfigError(f"--contrastive_chunks={train.contrastive_chunks} must be 1 (off) or more.")
+    if train.contrastive_chunks == 1:
+        return
+    if train.train_mode != "pretrain":
+        raise ConfigError(
+            f"--contrastive_chunks={train.contrastive_chunks} splits the contrastive (NT-Xent) batch, which "
+            f"only pretraining has; --train_mode={train.train_mode} trains with a per-example loss: use "
+            "--grad_accum_steps there for the same memory saving.")
+    if train.grad_accum_steps > 1:
+        raise ConfigError(
+            f"--contrastive_chunks={train.contrastive_chunks} and --grad_accum_steps="
+            f"{train.grad_accum_steps} both split the batch to save memory; cached chunks keep the whole "
+            "batch's negatives, accumulation does not. Use one of them: drop --grad_accum_steps and set "
+            f"--contrastive_chunks={train.contrastive_chunks * train.grad_accum_steps} for the same chunk size.")
+    check_chunks(train.train_batch_size, num_replicas, train.contrastive_chunks)
+
+
+def check_chunks(train_batch_size: int, num_replicas: int, num_chunks: int):
+    """Refuses a replica batch that does not split into `num_chunks` equal chunks, naming sizes that would."""
+    per_replica = train_batch_size // num_replicas
+    if per_replica % num_chunks == 0:
+        return
+    multiple = num_replicas * num_chunks
+    lower = (train_batch_size // multiple) * multiple
+    sizes = " or ".join(str(size) for size in (lower, lower + multiple) if size > 0)
+    divisors = ", ".join(str(k) for k in range(2, num_chunks * 2 + 1) if per_replica % k == 0) or "none"
+    raise ConfigError(
+        f"--contrastive_chunks={num_chunks} must split each replica's batch into equal chunks: "
+        f"--train_batch_size={train_batch_size} over {num_replicas} replica(s) is {per_replica} per replica. "
+        f"Use --train_batch_size={sizes}, or a --contrastive_chunks that divides {per_replica} "
+        f"(up to {num_chunks * 2}: {divisors}).")

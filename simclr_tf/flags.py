@@ -113,6 +113,13 @@ _FLAG_HELP = [
     ("train", "variable_schema", "Accepted for the reference's command lines and otherwise unused: the "
                                  "encoder and kept projection layers are restored from --checkpoint, "
                                  "never a classifier or optimizer state."),
+    # Large contrastive batches (issue 12).
+    ("train", "contrastive_chunks", "Pretraining: compute each step in this many chunks of each replica's "
+                                    "batch with cached gradients (GradCache): NT-Xent still sees the whole "
+                                    "global batch's negatives, the activation memory is a chunk's, and a "
+                                    "step costs one extra forward pass. Batch norm normalizes each chunk "
+                                    "with its own statistics (ghost batch norm). 1: off. Not with "
+                                    "--grad_accum_steps."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),
