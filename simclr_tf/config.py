@@ -188,8 +188,10 @@ class TrainConfig:
     distill_temperature: float = 1.0
     distill_label_weight: float = 0.0
     variable_schema: Optional[str] = None  # Accepted for the reference's command lines; see validate().
-    # Large contrastive batches (issue 12): cached-gradient chunks.
+    # Large contrastive batches (issue 12): cached-gradient chunks, the SimCLR v2 memory.
     contrastive_chunks: int = 1
+    memory_size: int = 0
+    memory_momentum: float = 0.999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +402,22 @@ def eval_steps(train: TrainConfig, num_eval_examples: int) -> int:
 
 
 def _check_large_batches(train: TrainConfig, num_replicas: int = 1):
-    """--contrastive_chunks: pretraining only, not with --grad_accum_steps, chunks that divide the batch."""
+    """--contrastive_chunks: pretraining only, not with --grad_accum_steps, chunks that divide the batch.
+    --memory_size: pretraining only, room for a step's projections, --memory_momentum in [0, 1)."""
+    if train.memory_size < 0:
+        raise ConfigError(f"--memory_size={train.memory_size} must be 0 (off) or positive.")
+    if train.memory_size:
+        if train.train_mode != "pretrain":
+            raise ConfigError(f"--memory_size={train.memory_size} is a queue of contrastive negatives, which only "
+                              f"pretraining uses; remove it for --train_mode={train.train_mode}.")
+        if train.memory_size < 2 * train.train_batch_size:
+            raise ConfigError(
+                f"--memory_size={train.memory_size} cannot hold one step's projections (both views of "
+                f"--train_batch_size={train.train_batch_size}: {2 * train.train_batch_size}); use "
+                f"--memory_size={2 * train.train_batch_size} or more, or 0 to turn the memory off.")
+        if not 0.0 <= train.memory_momentum < 1.0:
+            raise ConfigError(f"--memory_momentum={train.memory_momentum} must be in [0, 1): 0 copies the online "
+                              "network after each step, values near 1 (0.99, 0.999) average it slowly.")
     if train.contrastive_chunks < 1:
         raise ConfigError(f"--contrastive_chunks={train.contrastive_chunks} must be 1 (off) or more.")
     if train.contrastive_chunks == 1:

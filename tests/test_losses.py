@@ -219,8 +219,8 @@ def numpy_nt_xent_with_memory(z1, z2, memory, valid, temperature):
     every image, its own view of every other image, and the valid memory entries (unit vectors throughout);
     likewise view 2; the loss is the mean over images of the two cross-entropies."""
     n1, n2 = (z / np.linalg.norm(z, axis=1, keepdims=True) for z in (z1, z2))
-    queue = memory / np.linalg.norm(memory, axis=1, keepdims=True)
-    queue = queue[np.asarray(valid, bool)]
+    queue = memory[np.asarray(valid, bool)]
+    queue = queue / np.linalg.norm(queue, axis=1, keepdims=True)
     total = 0.0
     for i in range(len(n1)):
         for anchor, other, same in ((n1[i], n2, n1), (n2[i], n1, n2)):

@@ -13,6 +13,7 @@ from simclr_tf.config import CIFAR_STEM_MAX_SIZE
 from simclr_tf.models import cached_step
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.memory import MomentumMemory
 from simclr_tf.models.resnet import ResNet
 
 
@@ -37,6 +38,9 @@ class SimCLRModel(keras.Model):
       contrastive_chunks: compute each step in this many chunks of each replica's batch with cached
         gradients: NT-Xent over the whole global batch in a chunk's activation memory, one extra forward
         pass; batch norm uses each chunk's statistics (ghost batch norm). Not with `grad_accum_steps`.
+      memory_size, memory_momentum: the SimCLR v2 memory (models/memory.py): a queue of the last
+        `memory_size` projections of a moving-average copy (momentum `memory_momentum`) of encoder and
+        head, extra negatives for both views; 0 disables it. Works with the chunks and accumulation.
 
     Example:
       >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
@@ -50,7 +54,7 @@ class SimCLRModel(keras.Model):
 
     def __init__(self, encoder, projection_head, num_classes=0, temperature=0.1, hidden_norm=True,
                  weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, grad_accum_steps=1,
-                 contrastive_chunks=1, **kwargs):
+                 contrastive_chunks=1, memory_size=0, memory_momentum=0.999, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.projection_head = projection_head
@@ -65,6 +69,10 @@ class SimCLRModel(keras.Model):
         if contrastive_chunks > 1 and grad_accum_steps > 1:
             raise ValueError("contrastive_chunks and grad_accum_steps both split the batch; use one of them "
                              "(cached chunks keep the whole batch's negatives).")
+        self.memory_size = memory_size
+        self.memory_momentum = memory_momentum
+        self.memory = (MomentumMemory(encoder, projection_head, memory_size, memory_momentum, name="memory")
+                       if memory_size else None)
         self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
                                 if num_classes else None)
         names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay"]
@@ -81,6 +89,8 @@ class SimCLRModel(keras.Model):
         """Returns a float32 dict of `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
         features = self.encoder(images, training=training)
         projection, probe_input = self.projection_head(features, training=training)
+        if self.memory is not None and not self.memory.built:  # The online network is built now.
+            self.memory.build_from(self.encoder, self.projection_head, images.shape[1:])
         outputs = {"final_avg_pool": features, "proj_head_output": projection}
         if self.supervised_head is not None:
             outputs["logits_sup"] = self.supervised_head(
@@ -90,8 +100,14 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if self.memory is not None:  # The copy's projections at the weights before this step.
+            self.memory.start_from(self.encoder, self.projection_head)
+            keys = self.memory.keys(view_1, view_2, max(self.contrastive_chunks, self.grad_accum_steps))
         gradients, micro_updates = self.gradients_and_updates(view_1, view_2, labels)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        if self.memory is not None:  # After the loss read the queue: this batch's keys serve from the next step.
+            self.memory.copy_weights(self.encoder, self.projection_head)
+            self.memory.enqueue(keys)
         for updates in micro_updates:
             for name, value in updates.items():
                 self._trackers[name].update_state(value)
@@ -127,8 +143,10 @@ class SimCLRModel(keras.Model):
 
     def _contrastive_loss_and_updates(self, proj_1, proj_2):
         """(NT-Xent, metric values with the weight decay) of both views' projections."""
+        memory, memory_valid = self.memory.negatives() if self.memory is not None else (None, None)
         contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
-            proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm)
+            proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm, memory=memory,
+            memory_valid=memory_valid)
         updates = {"contrast_loss": contrast_loss}
         updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
         updates["weight_decay"] = optimizers.l2_weight_decay_loss(
@@ -197,6 +215,8 @@ class SimCLRModel(keras.Model):
             zero_init_logits_layer=self.zero_init_logits_layer,
             grad_accum_steps=self.grad_accum_steps,
             contrastive_chunks=self.contrastive_chunks,
+            memory_size=self.memory_size,
+            memory_momentum=self.memory_momentum,
         )
         return config
 
@@ -209,7 +229,8 @@ class SimCLRModel(keras.Model):
 
 
 def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
-                       optimizer_name, seed=None, grad_accum_steps=1, contrastive_chunks=1):
+                       optimizer_name, seed=None, grad_accum_steps=1, contrastive_chunks=1, memory_size=0,
+                       memory_momentum=0.999):
     """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs.
 
     The encoder gets the CIFAR stem for images of `CIFAR_STEM_MAX_SIZE` px or less; `num_classes=0`
@@ -246,6 +267,7 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
                         hidden_norm=hidden_norm, weight_decay=weight_decay,
                         optimizer_name=optimizer_name,
                         zero_init_logits_layer=model_cfg.zero_init_logits_layer,
-                        grad_accum_steps=grad_accum_steps, contrastive_chunks=contrastive_chunks)
+                        grad_accum_steps=grad_accum_steps, contrastive_chunks=contrastive_chunks,
+                        memory_size=memory_size, memory_momentum=memory_momentum)
     model(tf.zeros([1, image_size, image_size, 3]))
     return model
