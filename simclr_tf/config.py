@@ -205,6 +205,10 @@ class TrainConfig:
     knn_temperature: float = 0.1
     knn_bank_size: int = 10000
     projector_examples: int = 1000
+    # Large contrastive batches (issue 12): cached-gradient chunks, the SimCLR v2 memory.
+    contrastive_chunks: int = 1
+    memory_size: int = 0
+    memory_momentum: float = 0.999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +380,7 @@ def validate(cfg: Config) -> Config:
             "local directory, or mount the bucket (e.g. with gcsfuse) and pass the mounted path.")
     if cfg.distribute.tpu_name and not cfg.distribute.use_tpu:
         raise ConfigError("--tpu_name is set but --use_tpu is off; add --use_tpu to train on the TPU.")
+    _check_large_batches(train, max(cfg.distribute.cpu_replicas, 1))
     return cfg
 
 
@@ -465,3 +470,52 @@ def _check_backbone(model, train):
             f"--fine_tune_after_block={model.fine_tune_after_block} freezes the stem and block groups of our "
             f"ResNet; --backbone={model.backbone} has no such blocks. Use -1 (train the whole encoder) or 4 "
             "(freeze it: linear evaluation).")
+def _check_large_batches(train: TrainConfig, num_replicas: int = 1):
+    """--contrastive_chunks: pretraining only, not with --grad_accum_steps, chunks that divide the batch.
+    --memory_size: pretraining only, room for a step's projections, --memory_momentum in [0, 1)."""
+    if train.memory_size < 0:
+        raise ConfigError(f"--memory_size={train.memory_size} must be 0 (off) or positive.")
+    if train.memory_size:
+        if train.train_mode != "pretrain":
+            raise ConfigError(f"--memory_size={train.memory_size} is a queue of contrastive negatives, which only "
+                              f"pretraining uses; remove it for --train_mode={train.train_mode}.")
+        if train.memory_size < 2 * train.train_batch_size:
+            raise ConfigError(
+                f"--memory_size={train.memory_size} cannot hold one step's projections (both views of "
+                f"--train_batch_size={train.train_batch_size}: {2 * train.train_batch_size}); use "
+                f"--memory_size={2 * train.train_batch_size} or more, or 0 to turn the memory off.")
+        if not 0.0 <= train.memory_momentum < 1.0:
+            raise ConfigError(f"--memory_momentum={train.memory_momentum} must be in [0, 1): 0 copies the online "
+                              "network after each step, values near 1 (0.99, 0.999) average it slowly.")
+    if train.contrastive_chunks < 1:
+        raise ConfigError(f"--contrastive_chunks={train.contrastive_chunks} must be 1 (off) or more.")
+    if train.contrastive_chunks == 1:
+        return
+    if train.train_mode != "pretrain":
+        raise ConfigError(
+            f"--contrastive_chunks={train.contrastive_chunks} splits the contrastive (NT-Xent) batch, which "
+            f"only pretraining has; --train_mode={train.train_mode} trains with a per-example loss: use "
+            "--grad_accum_steps there for the same memory saving.")
+    if train.grad_accum_steps > 1:
+        raise ConfigError(
+            f"--contrastive_chunks={train.contrastive_chunks} and --grad_accum_steps="
+            f"{train.grad_accum_steps} both split the batch to save memory; cached chunks keep the whole "
+            "batch's negatives, accumulation does not. Use one of them: drop --grad_accum_steps and set "
+            f"--contrastive_chunks={train.contrastive_chunks * train.grad_accum_steps} for the same chunk size.")
+    check_chunks(train.train_batch_size, num_replicas, train.contrastive_chunks)
+
+
+def check_chunks(train_batch_size: int, num_replicas: int, num_chunks: int):
+    """Refuses a replica batch that does not split into `num_chunks` equal chunks, naming sizes that would."""
+    per_replica = train_batch_size // num_replicas
+    if per_replica % num_chunks == 0:
+        return
+    multiple = num_replicas * num_chunks
+    lower = (train_batch_size // multiple) * multiple
+    sizes = " or ".join(str(size) for size in (lower, lower + multiple) if size > 0)
+    divisors = ", ".join(str(k) for k in range(2, num_chunks * 2 + 1) if per_replica % k == 0) or "none"
+    raise ConfigError(
+        f"--contrastive_chunks={num_chunks} must split each replica's batch into equal chunks: "
+        f"--train_batch_size={train_batch_size} over {num_replicas} replica(s) is {per_replica} per replica. "
+        f"Use --train_batch_size={sizes}, or a --contrastive_chunks that divides {per_replica} "
+        f"(up to {num_chunks * 2}: {divisors}).")

@@ -143,6 +143,21 @@ _FLAG_HELP = [
     ("train", "projector_examples", "At the end of pretraining, export the embeddings of this many eval "
                                     "images (with labels and a sprite) for TensorBoard's projector, in "
                                     "model_dir/projector; 0 turns it off."),
+    # Large contrastive batches (issue 12).
+    ("train", "contrastive_chunks", "Pretraining: compute each step in this many chunks of each replica's "
+                                    "batch with cached gradients (GradCache): NT-Xent still sees the whole "
+                                    "global batch's negatives, the activation memory is a chunk's, and a "
+                                    "step costs one extra forward pass. Batch norm normalizes each chunk "
+                                    "with its own statistics (ghost batch norm). 1: off. Not with "
+                                    "--grad_accum_steps."),
+    ("train", "memory_size", "Pretraining: the SimCLR v2 memory, a queue of the last this many projections "
+                             "(both views of each global batch, gathered over replicas) of a moving-average "
+                             "copy of encoder and projection head, used as extra NT-Xent negatives for both "
+                             "views. Empty slots are masked until it fills. At least twice "
+                             "--train_batch_size; 0: off. Costs one extra forward pass of the copy per step."),
+    ("train", "memory_momentum", "Pretraining with --memory_size: the copy's weights follow the online "
+                                 "network's as copy = m * copy + (1 - m) * online after each step; 0 copies "
+                                 "it (a memory bank of recent projections)."),
     # Distribution.
     ("distribute", "use_tpu", "Train on a Cloud TPU (off by default: GPUs and CPUs need nothing)."),
     ("distribute", "tpu_name", "The Cloud TPU to use."),

@@ -25,14 +25,18 @@ def _gather_across_replicas(local_1, local_2):
     return global_1, global_2, offset
 
 
-def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=True):
+def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=True, memory=None,
+                     memory_valid=None):
     """NT-Xent loss of SimCLR between two views of the same images.
 
     Args:
         projections_1: `[N, D]` projections of the first view of the local batch.
         projections_2: `[N, D]` projections of the second view, in the same image order.
         temperature: softmax temperature applied to the cosine similarities.
-        hidden_norm: whether to L2-normalize the projections first.
+        hidden_norm: whether to L2-normalize the projections first (and the memory's entries).
+        memory: optional `[M, D]` extra negatives for both views (the SimCLR v2 / MoCo queue), the same on
+            every replica; no gradient flows into them.
+        memory_valid: optional `[M]` bool, False for slots not filled yet: they get no softmax weight.
 
     Each view is classified against the other view of every image in the global batch and the
     same view of every other image (2 * N_global - 1 candidates). Under a multi-replica strategy,
@@ -47,7 +51,8 @@ def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=
 
     Returns:
         `(loss, logits_ab, labels)`: the float32 scalar loss, the `[N, N_global]` logits of view 1
-        against view 2, and the `[N, 2 * N_global]` one-hot targets (positive at the global index).
+        against view 2, and the `[N, 2 * N_global]` one-hot targets (positive at the global index;
+        `[N, 2 * N_global + M]` with a memory).
     """
     local_1 = tf.cast(projections_1, tf.float32)
     local_2 = tf.cast(projections_2, tf.float32)
@@ -68,8 +73,18 @@ def contrastive_loss(projections_1, projections_2, temperature=1.0, hidden_norm=
     logits_aa = tf.matmul(local_1, global_1, transpose_b=True) / temperature - self_penalty
     logits_bb = tf.matmul(local_2, global_2, transpose_b=True) / temperature - self_penalty
 
-    loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], 1))
-    loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], 1))
+    candidates_a, candidates_b = [logits_ab, logits_aa], [logits_ba, logits_bb]
+    if memory is not None:
+        memory = tf.stop_gradient(tf.cast(memory, tf.float32))
+        if hidden_norm:
+            memory = tf.math.l2_normalize(memory, axis=-1)
+        penalty = 0.0 if memory_valid is None else (
+            (1.0 - tf.cast(memory_valid, tf.float32)) * SELF_SIMILARITY_PENALTY)
+        candidates_a.append(tf.matmul(local_1, memory, transpose_b=True) / temperature - penalty)
+        candidates_b.append(tf.matmul(local_2, memory, transpose_b=True) / temperature - penalty)
+        labels = tf.pad(labels, [[0, 0], [0, tf.shape(memory)[0]]])
+    loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(candidates_a, 1))
+    loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat(candidates_b, 1))
     loss = tf.reduce_mean(loss_a + loss_b)
     return loss, logits_ab, labels
 

@@ -53,7 +53,8 @@ class PretrainTask(Task):
             cfg.model, cfg.data.image_size, num_classes=self.source.info.num_classes if self.probe else 0,
             temperature=cfg.train.temperature, hidden_norm=cfg.train.hidden_norm,
             weight_decay=cfg.optim.weight_decay, optimizer_name=cfg.optim.optimizer, seed=cfg.train.seed,
-            grad_accum_steps=cfg.train.grad_accum_steps)
+            grad_accum_steps=cfg.train.grad_accum_steps, contrastive_chunks=cfg.train.contrastive_chunks,
+            memory_size=cfg.train.memory_size, memory_momentum=cfg.train.memory_momentum)
 
     def train_dataset(self, strategy):
         cfg = self.cfg

@@ -119,6 +119,8 @@ class RunContext:
         config_lib.check_batch_divides(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync)
         optimizers.check_micro_batches(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync,
                                        cfg.train.grad_accum_steps)
+        config_lib.check_chunks(cfg.train.train_batch_size, self.strategy.num_replicas_in_sync,
+                                cfg.train.contrastive_chunks)
         self.source = sources.get_source(
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)

@@ -228,3 +228,38 @@ def test_labelled_loss_and_accuracy_leave_out_unlabelled_examples():
     # Equal to the plain loss on the labelled subset; a batch of unlabelled images only gives 0, 0.
     np.testing.assert_allclose(float(loss), float(supervised_loss(labels[kept], logits[kept])), rtol=1e-6)
     assert [float(v) for v in labelled_loss_and_accuracy(np.full(6, -1), logits)] == [0.0, 0.0]
+def numpy_nt_xent_with_memory(z1, z2, memory, valid, temperature):
+    """NT-Xent with extra negatives, from the formula: view 1 of image i is classified among the other view of
+    every image, its own view of every other image, and the valid memory entries (unit vectors throughout);
+    likewise view 2; the loss is the mean over images of the two cross-entropies."""
+    n1, n2 = (z / np.linalg.norm(z, axis=1, keepdims=True) for z in (z1, z2))
+    queue = memory[np.asarray(valid, bool)]
+    queue = queue / np.linalg.norm(queue, axis=1, keepdims=True)
+    total = 0.0
+    for i in range(len(n1)):
+        for anchor, other, same in ((n1[i], n2, n1), (n2[i], n1, n2)):
+            others = [j for j in range(len(n1)) if j != i]
+            candidates = np.concatenate([other, same[others], queue]) @ anchor / temperature
+            total -= candidates[i] - np.log(np.sum(np.exp(candidates)))
+    return total / len(n1)
+
+
+@pytest.mark.parametrize("valid", [[True] * 5, [True, False, True, False, False], [False] * 5])
+def test_loss_with_a_memory_matches_numpy(valid):
+    """Memory entries are negatives for both views; slots not yet filled (valid False) get no weight, so an
+    empty memory gives the plain loss; no gradient reaches the memory."""
+    rng = np.random.default_rng(3)
+    z1, z2, memory = (rng.standard_normal(shape).astype(np.float32) for shape in ([4, 6], [4, 6], [5, 6]))
+    memory_tensor = tf.constant(memory)
+    with tf.GradientTape() as tape:
+        tape.watch(memory_tensor)
+        loss, logits_ab, labels = contrastive_loss(z1, z2, temperature=0.3, memory=memory_tensor,
+                                    memory_valid=tf.constant(valid))
+    np.testing.assert_allclose(float(loss), numpy_nt_xent_with_memory(z1, z2, memory, valid, 0.3), rtol=1e-5)
+    assert tape.gradient(loss, memory_tensor) is None
+    assert labels.shape == (4, 13) and logits_ab.shape == (4, 4)
+    plain = float(contrastive_loss(z1, z2, temperature=0.3)[0])
+    if not any(valid):
+        np.testing.assert_allclose(float(loss), plain, rtol=1e-6)
+    else:
+        assert float(loss) > plain + 1e-3  # More negatives, larger loss.

@@ -11,10 +11,12 @@ from simclr_tf import collapse
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.config import CIFAR_STEM_MAX_SIZE
+from simclr_tf.models import cached_step
 from simclr_tf.models.encoders import (RESNET, KerasEncoder, as_encoder, build_backbone,
                                       parse_backbone_args)
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
+from simclr_tf.models.memory import MomentumMemory
 from simclr_tf.models.resnet import ResNet
 
 
@@ -37,6 +39,12 @@ class SimCLRModel(keras.Model):
       grad_accum_steps: split each replica's batch into this many micro-batches, run them one after the
         other and apply the mean of their gradients in one optimizer step (less memory, same number of
         steps). The NT-Xent negatives and batch-norm statistics are those of a micro-batch.
+      contrastive_chunks: compute each step in this many chunks of each replica's batch with cached
+        gradients: NT-Xent over the whole global batch in a chunk's activation memory, one extra forward
+        pass; batch norm uses each chunk's statistics (ghost batch norm). Not with `grad_accum_steps`.
+      memory_size, memory_momentum: the SimCLR v2 memory (models/memory.py): a queue of the last
+        `memory_size` projections of a moving-average copy (momentum `memory_momentum`) of encoder and
+        head, extra negatives for both views; 0 disables it. Works with the chunks and accumulation.
 
     Example:
       >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
@@ -50,7 +58,7 @@ class SimCLRModel(keras.Model):
 
     def __init__(self, encoder, projection_head, num_classes=0, temperature=0.1, hidden_norm=True,
                  weight_decay=0.0, optimizer_name="lars", zero_init_logits_layer=False, grad_accum_steps=1,
-                 **kwargs):
+                 contrastive_chunks=1, memory_size=0, memory_momentum=0.999, **kwargs):
         super().__init__(**kwargs)
         self.encoder = as_encoder(encoder)
         self.projection_head = projection_head
@@ -61,6 +69,14 @@ class SimCLRModel(keras.Model):
         self.optimizer_name = optimizer_name
         self.zero_init_logits_layer = zero_init_logits_layer
         self.grad_accum_steps = grad_accum_steps
+        self.contrastive_chunks = contrastive_chunks
+        if contrastive_chunks > 1 and grad_accum_steps > 1:
+            raise ValueError("contrastive_chunks and grad_accum_steps both split the batch; use one of them "
+                             "(cached chunks keep the whole batch's negatives).")
+        self.memory_size = memory_size
+        self.memory_momentum = memory_momentum
+        self.memory = (MomentumMemory(self.encoder, projection_head, memory_size, memory_momentum, name="memory")
+                       if memory_size else None)
         self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
                                 if num_classes else None)
         names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay", "proj_std"]
@@ -77,6 +93,8 @@ class SimCLRModel(keras.Model):
         """Returns a float32 dict of `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
         features = self.encoder(images, training=training)
         projection, probe_input = self.projection_head(features, training=training)
+        if self.memory is not None and not self.memory.built:  # The online network is built now.
+            self.memory.build_from(self.encoder, self.projection_head, images.shape[1:])
         outputs = {"final_avg_pool": features, "proj_head_output": projection}
         if self.supervised_head is not None:
             outputs["logits_sup"] = self.supervised_head(
@@ -86,11 +104,14 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        gradients, micro_updates = optimizers.accumulated_gradients(
-            # Read after the first forward pass, which builds a model not yet called.
-            self._scaled_loss_and_updates, (view_1, view_2, labels), lambda: self.trainable_variables,
-            self.grad_accum_steps)
+        if self.memory is not None:  # The copy's projections at the weights before this step.
+            self.memory.start_from(self.encoder, self.projection_head)
+            keys = self.memory.keys(view_1, view_2, max(self.contrastive_chunks, self.grad_accum_steps))
+        gradients, micro_updates = self.gradients_and_updates(view_1, view_2, labels)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        if self.memory is not None:  # After the loss read the queue: this batch's keys serve from the next step.
+            self.memory.copy_weights(self.encoder, self.projection_head)
+            self.memory.enqueue(keys)
         for updates in micro_updates:
             for name, value in updates.items():
                 self._trackers[name].update_state(value)
@@ -98,32 +119,83 @@ class SimCLRModel(keras.Model):
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
 
+    def gradients_and_updates(self, view_1, view_2, labels):
+        """(gradients of the scaled loss for `trainable_variables`, [metric values of each micro-batch]) of
+        one replica's batch: plain, accumulated over `grad_accum_steps`, or in `contrastive_chunks`."""
+        if self.contrastive_chunks > 1:
+            return self._cached_gradients_and_updates(view_1, view_2, labels)
+        return optimizers.accumulated_gradients(
+            # Read after the first forward pass, which builds a model not yet called.
+            self._scaled_loss_and_updates, (view_1, view_2, labels), lambda: self.trainable_variables,
+            self.grad_accum_steps)
+
     def _scaled_loss_and_updates(self, batch):
         """(the loss to differentiate, the metric values) of one (micro-)batch `(view_1, view_2, labels)`."""
         view_1, view_2, labels = batch
         outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
         proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
-        contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
-            proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm)
-        loss = contrast_loss
-        updates = {"contrast_loss": contrast_loss}
-        updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
-        updates["proj_std"] = collapse.std_of_l2_normalized(outputs["proj_head_output"])  # collapse monitor
+        loss, updates = self._contrastive_loss_and_updates(proj_1, proj_2)
         if self.supervised_head is not None:
-            # Unlabelled images (label -1) are left out of the probe; the contrastive loss uses them.
-            sup_loss, sup_acc = losses.labelled_loss_and_accuracy(
-                tf.concat([labels, labels], axis=0), outputs["logits_sup"])
+            sup_loss, sup_updates = self._probe_loss_and_updates(labels, outputs["logits_sup"])
             loss += sup_loss
-            updates["supervised_loss"] = sup_loss
-            updates["supervised_acc"] = sup_acc
-        decay = optimizers.l2_weight_decay_loss(
-            self.trainable_variables, self.weight_decay, self.optimizer_name)
-        loss += decay
-        updates["weight_decay"] = decay
+            updates.update(sup_updates)
+        loss += updates["weight_decay"]
         updates["loss"] = loss
         # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
         # scale_loss multiplies by the loss scale under mixed_float16 (LossScaleOptimizer), else by 1.
         return self.optimizer.scale_loss(loss / _num_replicas()), updates
+
+    def _contrastive_loss_and_updates(self, proj_1, proj_2):
+        """(NT-Xent, metric values with the weight decay) of both views' projections."""
+        memory, memory_valid = self.memory.negatives() if self.memory is not None else (None, None)
+        contrast_loss, logits_ab, contrast_labels = losses.contrastive_loss(
+            proj_1, proj_2, temperature=self.temperature, hidden_norm=self.hidden_norm, memory=memory,
+            memory_valid=memory_valid)
+        updates = {"contrast_loss": contrast_loss}
+        updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        updates["proj_std"] = collapse.std_of_l2_normalized(tf.concat([proj_1, proj_2], axis=0))  # collapse
+        updates["weight_decay"] = optimizers.l2_weight_decay_loss(
+            self.trainable_variables, self.weight_decay, self.optimizer_name)
+        return contrast_loss, updates
+
+    def _probe_loss_and_updates(self, labels, logits):
+        """(the online probe's loss, its metric values) on both views' logits."""
+        # Unlabelled images (label -1) are left out of the probe; the contrastive loss uses them.
+        sup_loss, sup_acc = losses.labelled_loss_and_accuracy(tf.concat([labels, labels], axis=0), logits)
+        return sup_loss, {"supervised_loss": sup_loss, "supervised_acc": sup_acc}
+
+    def _cached_gradients_and_updates(self, view_1, view_2, labels):
+        """The whole replica batch's step in `contrastive_chunks` chunks with cached gradients: NT-Xent over
+        the global batch, each chunk's batch norm with its own statistics (models/cached_step.py)."""
+        num_chunks, replicas = self.contrastive_chunks, _num_replicas()
+
+        def embed(chunk):  # Both views of a chunk's images go through together, as in the plain step.
+            chunk_1, chunk_2, chunk_labels = chunk
+            outputs = self(tf.concat([chunk_1, chunk_2], axis=0), training=True)
+            if self.supervised_head is None:
+                return outputs["proj_head_output"], None, {}
+            # The probe's loss is a per-example mean: each chunk contributes its share.
+            sup_loss, updates = self._probe_loss_and_updates(chunk_labels, outputs["logits_sup"])
+            return (outputs["proj_head_output"],
+                    self.optimizer.scale_loss(sup_loss / (num_chunks * replicas)), updates)
+
+        def batch_loss(projections):
+            views = [tf.split(p, 2, axis=0) for p in projections]
+            loss, updates = self._contrastive_loss_and_updates(
+                tf.concat([v[0] for v in views], 0), tf.concat([v[1] for v in views], 0))
+            loss += updates["weight_decay"]
+            updates["loss"] = loss
+            return self.optimizer.scale_loss(loss / replicas), updates
+
+        gradients, updates, chunk_updates = cached_step.cached_gradients(
+            embed, batch_loss, (view_1, view_2, labels), lambda: self.trainable_variables, num_chunks,
+            state_variables=lambda: (self.encoder.non_trainable_variables
+                                     + self.projection_head.non_trainable_variables))
+        for name in chunk_updates[0]:  # Equal chunks: the batch's mean is the mean of the chunks' means.
+            updates[name] = tf.add_n([chunk[name] for chunk in chunk_updates]) / num_chunks
+        if "supervised_loss" in updates:
+            updates["loss"] += updates["supervised_loss"]
+        return gradients, [updates]
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -146,6 +218,9 @@ class SimCLRModel(keras.Model):
             optimizer_name=self.optimizer_name,
             zero_init_logits_layer=self.zero_init_logits_layer,
             grad_accum_steps=self.grad_accum_steps,
+            contrastive_chunks=self.contrastive_chunks,
+            memory_size=self.memory_size,
+            memory_momentum=self.memory_momentum,
         )
         return config
 
@@ -171,7 +246,8 @@ def _build_encoder(model_cfg, image_size):
 
 
 def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_norm, weight_decay,
-                       optimizer_name, seed=None, grad_accum_steps=1):
+                       optimizer_name, seed=None, grad_accum_steps=1, contrastive_chunks=1, memory_size=0,
+                       memory_momentum=0.999):
     """A `SimCLRModel` from a `ModelConfig` slice (and plain values), built on `image_size` inputs.
 
     The encoder is `model_cfg.backbone`: our ResNet by default (with the CIFAR stem for images of
@@ -204,6 +280,7 @@ def build_simclr_model(model_cfg, image_size, num_classes, temperature, hidden_n
                         hidden_norm=hidden_norm, weight_decay=weight_decay,
                         optimizer_name=optimizer_name,
                         zero_init_logits_layer=model_cfg.zero_init_logits_layer,
-                        grad_accum_steps=grad_accum_steps)
+                        grad_accum_steps=grad_accum_steps, contrastive_chunks=contrastive_chunks,
+                        memory_size=memory_size, memory_momentum=memory_momentum)
     model(tf.zeros([1, image_size, image_size, 3]))
     return model
