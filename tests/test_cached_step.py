@@ -192,8 +192,9 @@ def test_the_nan_guard_stops_a_diverged_cached_step(tmp_path):
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_cached_gradients_match_one_tape(policy):
     """Under a mixed policy the cached gradients, unscaled (mixed_float16 multiplies the loss by the
-    LossScaleOptimizer's scale; 2**4 here, as 2**15 overflows float16 in this tiny model's first step), match the one-tape ghost-BN gradients computed under the
-    same policy to 16-bit rounding, and fit() steps train with finite losses."""
+    LossScaleOptimizer's scale; 2**4 here, as 2**15 overflows float16 in this tiny model's first step), match
+    the one-tape ghost-BN gradients computed under the same policy to 16-bit rounding, and fit() steps train
+    with finite losses."""
     from simclr_tf import precision
 
     view_1, view_2, labels = batch()

@@ -93,8 +93,8 @@ def test_steps_use_the_queue_as_the_numpy_formula_says(contrastive_chunks):
 
 @pytest.mark.parametrize("momentum", [0.9, 0.0])
 def test_the_copy_is_a_moving_average_of_the_online_network(momentum):
-    """It starts equal to the online network (before the first step); after each step copy = m * copy + (1 - m) * online, batch-norm
-    statistics included; it is not trained and not decayed."""
+    """It starts equal to the online network (before the first step); after each step copy = m * copy + (1 - m) *
+    online, batch-norm statistics included; it is not trained and not decayed."""
     model = memory_model(momentum=momentum)
     online = model.encoder.weights + model.projection_head.weights
     copy = model.memory.momentum_encoder.weights + model.memory.momentum_head.weights

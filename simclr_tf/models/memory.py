@@ -6,11 +6,11 @@ optimizer step (m = 0: a plain copy, the "memory bank" variant), and a float32 q
 projections that copy made of both views of each global batch (gathered across replicas, so every replica
 holds the same queue). Its entries are extra NT-Xent negatives for both views.
 
-Start: the copy starts as the online network; the queue begins empty; slots not yet written are masked (no softmax weight) until `size` projections
-have been enqueued, so the first step is the plain SimCLR loss. Keys are written in global-batch order
-(replica by replica), so choose a size that is a multiple of 2 x the global batch: then each write replaces
-whole older batches and the queue's content does not depend on the number of replicas. Queue, write count and the copy's weights are
-variables of the model, so checkpoints carry them.
+Start: the copy starts as the online network; the queue begins empty; slots not yet written are masked (no
+softmax weight) until `size` projections have been enqueued, so the first step is the plain SimCLR loss. Keys
+are written in global-batch order (replica by replica), so choose a size that is a multiple of 2 x the global
+batch: then each write replaces whole older batches and the queue's content does not depend on the number of
+replicas. Queue, write count and the copy's weights are variables of the model, so checkpoints carry them.
 """
 import keras
 import tensorflow as tf
