@@ -239,12 +239,14 @@ def test_reusable_saved_model_fine_tunes_with_gradient_tape(exported):
     assert all(_changed(trainable, before))
 
 
-def test_export_run_keeps_newest_and_leaves_no_partial_directory(tmp_path, monkeypatch):
-    def fake_export(model, export_dir, image_size):
-        os.makedirs(export_dir)
-        with open(os.path.join(export_dir, export.METADATA_FILE), "w") as f:
-            json.dump({"model": model}, f)
+def fake_export(model, export_dir, image_size):
+    """Stands in for export_saved_model: a directory holding only the metadata file, naming `model`."""
+    os.makedirs(export_dir)
+    with open(os.path.join(export_dir, export.METADATA_FILE), "w") as f:
+        json.dump({"model": model}, f)
 
+
+def test_export_run_keeps_newest_and_leaves_no_partial_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "export_saved_model", fake_export)
     model_dir = str(tmp_path)
     for step in (10, 2, 30, 30):
@@ -297,11 +299,6 @@ def test_mixed_precision_export_takes_and_returns_float32(tmp_path):
 
 
 def test_export_run_cleans_every_stale_partial_and_reports_a_full_disk(tmp_path, monkeypatch):
-    def fake_export(model, export_dir, image_size):
-        os.makedirs(export_dir)
-        with open(os.path.join(export_dir, export.METADATA_FILE), "w") as f:
-            json.dump({"model": model}, f)
-
     monkeypatch.setattr(export, "export_saved_model", fake_export)
     model_dir = str(tmp_path)
     root = os.path.join(model_dir, "saved_model")
