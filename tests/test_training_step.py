@@ -173,7 +173,8 @@ def declaring_models():
     mobilenet(tf.zeros([1, 32, 32, 3]))
     classifier = build_classifier(resnet, num_classes=3, image_size=32, ft_proj_selector=1)
     student = build_classifier(resnet, num_classes=3, image_size=32, fine_tune_after_block=2)
-    distiller = DistillationModel(student, classifier)
+    teacher = build_classifier(resnet, num_classes=3, image_size=32)
+    distiller = DistillationModel(student, teacher)
     return {"simclr_resnet": resnet, "simclr_mobilenet": mobilenet, "classifier": classifier,
             "distill": distiller}
 
