@@ -1,27 +1,25 @@
-"""LARS, the warmup + cosine learning-rate schedule, choosing an optimizer by name, and gradient
-accumulation over micro-batches."""
+"""LARS, the warmup + cosine learning-rate schedule, and choosing an optimizer by name.
+
+Which variables skip weight decay is the models' to say (`TrainingModel.weight_decay_exempt_patterns`, see
+simclr_tf/models/weight_decay.py); the optimizers take that list and know no layer names.
+"""
 import math
-import re
+import warnings
 
 import keras
 import tensorflow as tf
 from keras import ops
 
 from simclr_tf.config import ConfigError
+from simclr_tf.models import weight_decay as _weight_decay
 
-# Variable-path patterns the training code excludes from LARS weight decay and trust ratio.
-# Batch norms of our ResNet and heads live under "batch_normalization"; those of other encoders
-# (keras.applications, keras-hub: "..._bn", "layer_norm", ...) are found by their gamma/beta variables.
-NORMALIZATION_PATTERNS = ("batch_normalization", r"/gamma$", r"/beta$")
-DEFAULT_LARS_EXCLUDE = (*NORMALIZATION_PATTERNS, "bias", "head_supervised")
+# What the package's models declare (`TrainingModel.weight_decay_exempt_patterns()` with a supervised head):
+# kept for code that builds LARS without a model at hand. Prefer the model's own declaration.
+NORMALIZATION_PATTERNS = _weight_decay.NORMALIZATION_PATTERNS
+DEFAULT_LARS_EXCLUDE = _weight_decay.exempt_patterns(_weight_decay.SUPERVISED_HEAD_PATTERNS)
 
-
-def _variable_path(variable):
-    return getattr(variable, "path", None) or variable.name
-
-
-def _matches_any(patterns, path):
-    return any(re.search(pattern, path) is not None for pattern in patterns or ())
+_variable_path = _weight_decay.variable_path
+_matches_any = _weight_decay.matches_any
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -30,8 +28,9 @@ class LARS(keras.optimizers.Optimizer):
 
     Weight decay is L2 weight decay added to the gradient before the trust ratio is computed,
     not Keras's decoupled `weight_decay`. Variables whose path (`variable.path`) matches any regex
-    of `exclude_from_weight_decay` get no weight decay; those matching
-    `exclude_from_layer_adaptation` (by default the same list) get a trust ratio of 1.
+    of `exclude_from_weight_decay` (for a model of this package: `model.weight_decay_exempt_patterns()`)
+    get no weight decay; those matching `exclude_from_layer_adaptation` (by default the same list) get a
+    trust ratio of 1.
 
     With `classic_momentum=True` the learning rate and trust ratio scale the gradient before it
     enters the momentum buffer; otherwise they scale the momentum update.
@@ -246,18 +245,25 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
-    """Returns the optimizer named `name` ("lars", "momentum" or "adam")."""
+def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0, exclude_from_weight_decay=None):
+    """Returns the optimizer named `name` ("lars", "momentum" or "adam").
+
+    `exclude_from_weight_decay`: path regexes of the variables LARS leaves undecayed, as the model declares
+    them (`model.weight_decay_exempt_patterns()`); None takes `DEFAULT_LARS_EXCLUDE`, what the package's
+    models declare.
+    """
     if name == "momentum":
         return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "lars":
+        if exclude_from_weight_decay is None:
+            exclude_from_weight_decay = DEFAULT_LARS_EXCLUDE
         return LARS(
             learning_rate,
             momentum=momentum,
             weight_decay=weight_decay,
-            exclude_from_weight_decay=DEFAULT_LARS_EXCLUDE,
+            exclude_from_weight_decay=exclude_from_weight_decay,
         )
     raise ValueError(f"Unknown optimizer {name!r}; use 'lars', 'momentum' or 'adam'.")
 
@@ -275,55 +281,22 @@ def check_micro_batches(train_batch_size, num_replicas, grad_accum_steps):
 
 
 def accumulated_gradients(loss_fn, batch, variables, num_micro_batches=1):
-    """The mean gradient of `loss_fn` over `num_micro_batches` equal slices of `batch`, one at a time.
+    """Deprecated: moved to `simclr_tf.models.training_step.accumulated_gradients` (same arguments)."""
+    from simclr_tf.models import training_step  # models import this module: import when called
 
-    `batch` is a (nested) structure of tensors split along their first axis; `loss_fn(micro_batch)`
-    returns `(loss, aux)`, `loss` being what to differentiate with respect to `variables` (a list, or a
-    callable giving it after `loss_fn` ran, for a model built by its first call; the loss is already divided
-    by the number of replicas and scaled for mixed precision, as for a whole batch). Returns
-    `(gradients, [aux of each micro-batch])`. The slices run in sequence (each starts once the previous
-    one's gradients exist), so only one micro-batch's activations are alive at a time: the memory of a
-    batch `num_micro_batches` times smaller. For a loss that is a mean over examples, the mean of the
-    micro-batch gradients is the full batch's gradient; losses that couple the examples differ: NT-Xent
-    only sees the negatives inside its micro-batch, and batch norm the statistics of its micro-batch.
-    With one micro-batch this is a plain `GradientTape` step.
-    """
-    if num_micro_batches == 1:
-        micro_batches = [batch]
-    else:
-        pieces = [tf.split(x, num_micro_batches, axis=0) for x in tf.nest.flatten(batch)]
-        micro_batches = [tf.nest.pack_sequence_as(batch, [p[i] for p in pieces])
-                         for i in range(num_micro_batches)]
-    total, outputs = None, []
-    for micro_batch in micro_batches:
-        with tf.control_dependencies([g for g in total or () if g is not None]):
-            micro_batch = tf.nest.map_structure(tf.identity, micro_batch)
-        with tf.GradientTape() as tape:
-            loss, aux = loss_fn(micro_batch)
-        gradients = tape.gradient(loss, variables() if callable(variables) else variables)
-        outputs.append(aux)
-        total = gradients if total is None else [
-            t if g is None else (g if t is None else t + g) for t, g in zip(total, gradients)]
-    if num_micro_batches > 1:
-        total = [None if g is None else g / num_micro_batches for g in total]
-    return total, outputs
+    warnings.warn("simclr_tf.optimizers.accumulated_gradients moved to "
+                  "simclr_tf.models.training_step.accumulated_gradients.", DeprecationWarning, stacklevel=2)
+    return training_step.accumulated_gradients(loss_fn, batch, variables, num_micro_batches)
 
 
 def l2_weight_decay_loss(variables, weight_decay, optimizer_name):
-    """L2 penalty `weight_decay * sum(||v||^2 / 2)` that the optimizer does not already apply.
+    """L2 penalty `weight_decay * sum(||v||^2 / 2)` that the optimizer does not already apply, for variables
+    named as in the package's models (a model computes it with `TrainingModel.weight_decay_loss`).
 
     LARS decays weights itself except the supervised head, so for "lars" only the non-bias
-    variables of `head_supervised` are penalized; for other optimizers every variable outside
-    batch normalization is.
+    variables of the supervised head are penalized; for other optimizers every variable outside
+    normalization layers is.
     """
-    if optimizer_name == "lars":
-        selected = [
-            v for v in variables
-            if "head_supervised" in _variable_path(v) and "bias" not in _variable_path(v)
-        ]
-    else:
-        selected = [v for v in variables if not _matches_any(NORMALIZATION_PATTERNS, _variable_path(v))]
-    if not selected:
-        return tf.constant(0.0, tf.float32)
-    penalties = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in selected]
-    return tf.cast(weight_decay, tf.float32) * tf.add_n(penalties)
+    selected = _weight_decay.loss_decayed_variables(
+        variables, optimizer_name, _weight_decay.SUPERVISED_HEAD_PATTERNS)
+    return _weight_decay.l2_loss(selected, weight_decay)

@@ -157,7 +157,8 @@ class RunContext:
                 learning_rate_scaling=cfg.optim.learning_rate_scaling)
             optimizer = optimizers.build_optimizer(
                 cfg.optim.optimizer, schedule, momentum=cfg.optim.momentum,
-                weight_decay=cfg.optim.weight_decay)
+                weight_decay=cfg.optim.weight_decay,
+                exclude_from_weight_decay=self.model.weight_decay_exempt_patterns())
             self.model.compile(optimizer=precision.wrap_optimizer(optimizer, self.precision),
                                jit_compile=cfg.train.jit_compile)
         distribute.prepare_multi_worker_fit(self.model, self.strategy)

@@ -10,6 +10,7 @@ import tensorflow as tf
 from simclr_tf import losses
 from simclr_tf import optimizers
 from simclr_tf.config import ConfigError
+from simclr_tf.models import training_step
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
@@ -21,7 +22,7 @@ STEPS = 3
 
 class DenseRegressor(keras.Model):
     """Two Dense layers, mean squared error (a per-example mean, nothing couples the examples), and a
-    train_step that accumulates `grad_accum_steps` micro-batches with `optimizers.accumulated_gradients`."""
+    train_step that accumulates `grad_accum_steps` micro-batches with `training_step.accumulated_gradients`."""
 
     def __init__(self, grad_accum_steps=1, **kwargs):
         super().__init__(**kwargs)
@@ -40,7 +41,7 @@ class DenseRegressor(keras.Model):
         return self.optimizer.scale_loss(loss / replicas), loss
 
     def train_step(self, data):
-        gradients, micro_losses = optimizers.accumulated_gradients(
+        gradients, micro_losses = training_step.accumulated_gradients(
             self._loss, data, self.trainable_variables, self.grad_accum_steps)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         for loss in micro_losses:
@@ -136,7 +137,7 @@ def test_micro_batches_run_one_after_the_other():
 
     @tf.function
     def step(batch):
-        return optimizers.accumulated_gradients(loss_fn, batch, [weight], num_micro_batches=4)
+        return training_step.accumulated_gradients(loss_fn, batch, [weight], num_micro_batches=4)
 
     gradients, firsts = step(tf.repeat(tf.range(4.0), 2)[:, None] * tf.ones([8, 3]))
     assert [float(x) for x in firsts] == [0.0, 1.0, 2.0, 3.0]  # Equal slices, in order.

@@ -6,23 +6,21 @@ projection head (SimCLR v2 fine-tunes from the first one), and a linear classifi
 mode (the moving statistics stay as pretrained). With `fine_tune_after_block=4` the encoder is frozen
 entirely: the linear evaluation protocol.
 """
+import re
+
 import keras
 import tensorflow as tf
 
 from simclr_tf import losses
-from simclr_tf import optimizers
 from simclr_tf.models.encoders import as_encoder
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet  # noqa: F401 (used in the docstring example)
-
-
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
+from simclr_tf.models.training_step import TrainingModel
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class SimCLRClassifier(keras.Model):
+class SimCLRClassifier(TrainingModel):
     """Encoder, kept projection layers and a linear classifier, trained with cross-entropy.
 
     Args:
@@ -39,6 +37,8 @@ class SimCLRClassifier(keras.Model):
         without weight decay).
       grad_accum_steps: split each replica's batch into this many micro-batches, run one after the other,
         and apply the mean of their gradients in one step (batch norm sees a micro-batch's statistics).
+
+    The training step is `TrainingModel`'s (models/training_step.py); this class states the loss.
 
     `call` returns a float32 dict of `final_avg_pool`, `proj_head_output` and `logits_sup`.
 
@@ -72,13 +72,8 @@ class SimCLRClassifier(keras.Model):
         self.supervised_head = SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
         for layer in encoder.layers_up_to_block(fine_tune_after_block):
             layer.trainable = False
-        self._trackers = {name: keras.metrics.Mean(name=name)
-                          for name in ("loss", "supervised_loss", "supervised_acc", "weight_decay")}
-        self._eval_metrics = classification_metrics(num_classes)
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values()) + list(self._eval_metrics.values())
+        self.track_metrics(("loss", "supervised_loss", "supervised_acc", "weight_decay"),
+                           classification_metrics(num_classes))
 
     def call(self, images, training=False):
         features = self.encoder(images, training=training)
@@ -87,39 +82,23 @@ class SimCLRClassifier(keras.Model):
         outputs = {"final_avg_pool": features, "proj_head_output": hidden, "logits_sup": logits}
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        gradients, micro_updates = optimizers.accumulated_gradients(
-            self._scaled_loss_and_updates, (images, labels), lambda: self.trainable_variables,
-            self.grad_accum_steps)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        for updates in micro_updates:
-            for name, value in updates.items():
-                self._trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
-        logs["learning_rate"] = self.optimizer.learning_rate
-        return logs
-
-    def _scaled_loss_and_updates(self, batch):
-        """(the loss to differentiate, the metric values) of one (micro-)batch `(images, labels)`."""
+    def loss_and_metrics(self, batch):
+        """(cross-entropy plus the L2 term, the metric values) of one (micro-)batch `(images, labels)`."""
         images, labels = batch
         logits = self(images, training=True)["logits_sup"]
         sup_loss = losses.supervised_loss(labels, logits)
-        decay = optimizers.l2_weight_decay_loss(
-            self.trainable_variables, self.weight_decay, self.optimizer_name)
-        loss = sup_loss + decay
+        decay = self.weight_decay_loss(self.weight_decay, self.optimizer_name)
         accuracy = tf.reduce_mean(tf.cast(
             tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32))
-        updates = {"loss": loss, "supervised_loss": sup_loss, "supervised_acc": accuracy,
-                   "weight_decay": decay}
-        # Keras sums gradients over replicas: divide to get the gradient of the global mean.
-        return self.optimizer.scale_loss(loss / _num_replicas()), updates
+        return sup_loss + decay, {"supervised_loss": sup_loss, "supervised_acc": accuracy, "weight_decay": decay}
 
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def loss_decayed_patterns(self):
+        """With LARS, the loss decays the classifier's kernel (as the reference does)."""
+        return (re.escape(self.supervised_head.name),)
+
+    def update_eval_metrics(self, images, labels):
         logits = self(images, training=False)["logits_sup"]
         update_classification_metrics(self._eval_metrics, labels, logits)
-        return {name: metric.result() for name, metric in self._eval_metrics.items()}
 
     def get_config(self):
         return {

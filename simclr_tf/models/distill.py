@@ -8,12 +8,8 @@ with `a = label_weight` and the labelled term over the examples whose label is k
 import keras
 import tensorflow as tf
 
-from simclr_tf import optimizers
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
-
-
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
+from simclr_tf.models.training_step import TrainingModel
 
 
 def distillation_loss(teacher_logits, student_logits, temperature):
@@ -38,7 +34,7 @@ def _agreement(teacher_logits, student_logits):
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class DistillationModel(keras.Model):
+class DistillationModel(TrainingModel):
     """Trains `student` (a `SimCLRClassifier`) on the predictions of a frozen `teacher`.
 
     Args:
@@ -52,6 +48,7 @@ class DistillationModel(keras.Model):
         the mean over micro-batches of each one's mean over its known labels.
 
     `evaluate` reports the student's top-1/top-5 on labelled data and its agreement with the teacher.
+    The training step is `TrainingModel`'s (models/training_step.py); this class states the loss.
 
     Example:
       >>> from simclr_tf.models.classifier import SimCLRClassifier
@@ -83,53 +80,36 @@ class DistillationModel(keras.Model):
         self.temperature = temperature
         self.label_weight = label_weight
         self.grad_accum_steps = grad_accum_steps
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in (
-            "loss", "distill_loss", "supervised_loss", "teacher_agreement", "weight_decay")}
-        self._eval_metrics = classification_metrics(student.num_classes)
-        self._eval_metrics["teacher_agreement"] = keras.metrics.Mean(name="teacher_agreement")
+        eval_metrics = classification_metrics(student.num_classes)
+        eval_metrics["teacher_agreement"] = keras.metrics.Mean(name="teacher_agreement")
+        self.track_metrics(("loss", "distill_loss", "supervised_loss", "teacher_agreement", "weight_decay"),
+                           eval_metrics)
         self.built = student.built and teacher.built  # nothing of its own to build
-
-    @property
-    def metrics(self):
-        return list(self._trackers.values()) + list(self._eval_metrics.values())
 
     def call(self, images, training=False):
         return self.student(images, training=training)
 
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        gradients, micro_updates = optimizers.accumulated_gradients(
-            self._scaled_loss_and_updates, (images, labels), lambda: self.trainable_variables,
-            self.grad_accum_steps)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        for updates in micro_updates:
-            for name, value in updates.items():
-                self._trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
-        logs["learning_rate"] = self.optimizer.learning_rate
-        return logs
-
-    def _scaled_loss_and_updates(self, batch):
-        """(the loss to differentiate, the metric values) of one (micro-)batch `(images, labels)`."""
+    def loss_and_metrics(self, batch):
+        """(the distillation loss, the metric values) of one (micro-)batch `(images, labels)`."""
         images, labels = batch
         teacher_logits = tf.stop_gradient(self.teacher(images, training=False)["logits_sup"])
         student_logits = self.student(images, training=True)["logits_sup"]
         distill = distillation_loss(teacher_logits, student_logits, self.temperature)
         supervised = labelled_loss(labels, student_logits)
-        decay = optimizers.l2_weight_decay_loss(
-            self.trainable_variables, self.student.weight_decay, self.student.optimizer_name)
+        decay = self.weight_decay_loss(self.student.weight_decay, self.student.optimizer_name)
         loss = (1.0 - self.label_weight) * distill + self.label_weight * supervised + decay
-        updates = {"loss": loss, "distill_loss": distill, "supervised_loss": supervised,
-                   "teacher_agreement": _agreement(teacher_logits, student_logits), "weight_decay": decay}
-        return self.optimizer.scale_loss(loss / _num_replicas()), updates
+        return loss, {"distill_loss": distill, "supervised_loss": supervised,
+                      "teacher_agreement": _agreement(teacher_logits, student_logits), "weight_decay": decay}
 
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def loss_decayed_patterns(self):
+        """The student's: its classifier's kernel under LARS."""
+        return self.student.loss_decayed_patterns()
+
+    def update_eval_metrics(self, images, labels):
         logits = self.student(images, training=False)["logits_sup"]
         teacher_logits = self.teacher(images, training=False)["logits_sup"]
         update_classification_metrics(self._eval_metrics, labels, logits)
         self._eval_metrics["teacher_agreement"].update_state(_agreement(teacher_logits, logits))
-        return {name: metric.result() for name, metric in self._eval_metrics.items()}
 
     def get_config(self):
         return {**super().get_config(),

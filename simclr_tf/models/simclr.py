@@ -4,28 +4,25 @@
 images (so batch norm sees both, as in the paper). `evaluate()` takes `(images, labels)` and reports the
 probe's top-1/top-5. Under a `tf.distribute` strategy the NT-Xent negatives come from all replicas.
 """
+import re
+
 import keras
 import tensorflow as tf
 
 from simclr_tf import collapse
 from simclr_tf import losses
-from simclr_tf import optimizers
 from simclr_tf.config import CIFAR_STEM_MAX_SIZE
-from simclr_tf.models import cached_step
 from simclr_tf.models.encoders import (RESNET, KerasEncoder, as_encoder, build_backbone,
                                       parse_backbone_args)
 from simclr_tf.models.evaluation import classification_metrics, update_classification_metrics
 from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.memory import MomentumMemory
 from simclr_tf.models.resnet import ResNet
-
-
-def _num_replicas():
-    return tf.distribute.get_strategy().num_replicas_in_sync
+from simclr_tf.models.training_step import TrainingModel
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class SimCLRModel(keras.Model):
+class SimCLRModel(TrainingModel):
     """SimCLR: contrastive pretraining of `encoder` through `projection_head`.
 
     Args:
@@ -45,6 +42,9 @@ class SimCLRModel(keras.Model):
       memory_size, memory_momentum: the SimCLR v2 memory (models/memory.py): a queue of the last
         `memory_size` projections of a moving-average copy (momentum `memory_momentum`) of encoder and
         head, extra negatives for both views; 0 disables it. Works with the chunks and accumulation.
+
+    The training step (accumulation, cached chunks, replica and loss scaling, metrics) is `TrainingModel`'s
+    (models/training_step.py); this class states the loss.
 
     Example:
       >>> model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True),
@@ -82,12 +82,11 @@ class SimCLRModel(keras.Model):
         names = ["loss", "contrast_loss", "contrast_acc", "contrast_entropy", "weight_decay", "proj_std"]
         if num_classes:
             names += ["supervised_loss", "supervised_acc"]
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
-        self._eval_metrics = classification_metrics(num_classes) if num_classes else {}
+        self.track_metrics(names, classification_metrics(num_classes) if num_classes else {})
 
     @property
-    def metrics(self):
-        return list(self._trackers.values()) + list(self._eval_metrics.values())
+    def cached_chunks(self):
+        return self.contrastive_chunks
 
     def call(self, images, training=False):
         """Returns a float32 dict of `final_avg_pool`, `proj_head_output` and, with a probe, `logits_sup`."""
@@ -102,35 +101,25 @@ class SimCLRModel(keras.Model):
         # Under a mixed precision policy the layers compute in 16 bits; losses and metrics get float32.
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
-    def train_step(self, data):
+    def train_inputs(self, data):
         (view_1, view_2), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if self.memory is not None:  # The copy's projections at the weights before this step.
-            self.memory.start_from(self.encoder, self.projection_head)
-            keys = self.memory.keys(view_1, view_2, max(self.contrastive_chunks, self.grad_accum_steps))
-        gradients, micro_updates = self.gradients_and_updates(view_1, view_2, labels)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        if self.memory is not None:  # After the loss read the queue: this batch's keys serve from the next step.
-            self.memory.copy_weights(self.encoder, self.projection_head)
-            self.memory.enqueue(keys)
-        for updates in micro_updates:
-            for name, value in updates.items():
-                self._trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self._trackers.items()}
-        logs["learning_rate"] = self.optimizer.learning_rate
+        return view_1, view_2, labels
+
+    def train_step(self, data):
+        if self.memory is None:
+            return super().train_step(data)
+        view_1, view_2, _ = self.train_inputs(data)
+        # The copy's projections at the weights before this step.
+        self.memory.start_from(self.encoder, self.projection_head)
+        keys = self.memory.keys(view_1, view_2, max(self.contrastive_chunks, self.grad_accum_steps))
+        logs = super().train_step(data)
+        # After the loss read the queue: this batch's keys serve from the next step.
+        self.memory.copy_weights(self.encoder, self.projection_head)
+        self.memory.enqueue(keys)
         return logs
 
-    def gradients_and_updates(self, view_1, view_2, labels):
-        """(gradients of the scaled loss for `trainable_variables`, [metric values of each micro-batch]) of
-        one replica's batch: plain, accumulated over `grad_accum_steps`, or in `contrastive_chunks`."""
-        if self.contrastive_chunks > 1:
-            return self._cached_gradients_and_updates(view_1, view_2, labels)
-        return optimizers.accumulated_gradients(
-            # Read after the first forward pass, which builds a model not yet called.
-            self._scaled_loss_and_updates, (view_1, view_2, labels), lambda: self.trainable_variables,
-            self.grad_accum_steps)
-
-    def _scaled_loss_and_updates(self, batch):
-        """(the loss to differentiate, the metric values) of one (micro-)batch `(view_1, view_2, labels)`."""
+    def loss_and_metrics(self, batch):
+        """(the loss, the metric values) of one (micro-)batch `(view_1, view_2, labels)`."""
         view_1, view_2, labels = batch
         outputs = self(tf.concat([view_1, view_2], axis=0), training=True)
         proj_1, proj_2 = tf.split(outputs["proj_head_output"], 2, axis=0)
@@ -140,10 +129,28 @@ class SimCLRModel(keras.Model):
             loss += sup_loss
             updates.update(sup_updates)
         loss += updates["weight_decay"]
-        updates["loss"] = loss
-        # The optimizer sums gradients over replicas; dividing gives the gradient of the global mean.
-        # scale_loss multiplies by the loss scale under mixed_float16 (LossScaleOptimizer), else by 1.
-        return self.optimizer.scale_loss(loss / _num_replicas()), updates
+        return loss, updates
+
+    def chunk_embeddings(self, chunk):
+        """Both views of a chunk's images go through together, as in the plain step; the probe's loss is a
+        per-example mean, so each chunk contributes its share."""
+        chunk_1, chunk_2, chunk_labels = chunk
+        outputs = self(tf.concat([chunk_1, chunk_2], axis=0), training=True)
+        if self.supervised_head is None:
+            return outputs["proj_head_output"], None, {}
+        sup_loss, updates = self._probe_loss_and_updates(chunk_labels, outputs["logits_sup"])
+        return outputs["proj_head_output"], sup_loss, updates
+
+    def batch_loss_and_metrics(self, projections):
+        """NT-Xent over the whole batch from each chunk's projections (both views of the chunk)."""
+        views = [tf.split(p, 2, axis=0) for p in projections]
+        loss, updates = self._contrastive_loss_and_updates(
+            tf.concat([v[0] for v in views], 0), tf.concat([v[1] for v in views], 0))
+        loss += updates["weight_decay"]
+        return loss, updates
+
+    def chunk_state_variables(self):
+        return self.encoder.non_trainable_variables + self.projection_head.non_trainable_variables
 
     def _contrastive_loss_and_updates(self, proj_1, proj_2):
         """(NT-Xent, metric values with the weight decay) of both views' projections."""
@@ -154,8 +161,7 @@ class SimCLRModel(keras.Model):
         updates = {"contrast_loss": contrast_loss}
         updates.update(losses.contrastive_metrics(logits_ab, contrast_labels))
         updates["proj_std"] = collapse.std_of_l2_normalized(tf.concat([proj_1, proj_2], axis=0))  # collapse
-        updates["weight_decay"] = optimizers.l2_weight_decay_loss(
-            self.trainable_variables, self.weight_decay, self.optimizer_name)
+        updates["weight_decay"] = self.weight_decay_loss(self.weight_decay, self.optimizer_name)
         return contrast_loss, updates
 
     def _probe_loss_and_updates(self, labels, logits):
@@ -164,47 +170,16 @@ class SimCLRModel(keras.Model):
         sup_loss, sup_acc = losses.labelled_loss_and_accuracy(tf.concat([labels, labels], axis=0), logits)
         return sup_loss, {"supervised_loss": sup_loss, "supervised_acc": sup_acc}
 
-    def _cached_gradients_and_updates(self, view_1, view_2, labels):
-        """The whole replica batch's step in `contrastive_chunks` chunks with cached gradients: NT-Xent over
-        the global batch, each chunk's batch norm with its own statistics (models/cached_step.py)."""
-        num_chunks, replicas = self.contrastive_chunks, _num_replicas()
+    def loss_decayed_patterns(self):
+        """With LARS, the loss decays the probe's kernel (as the reference does)."""
+        return (re.escape(self.supervised_head.name),) if self.supervised_head is not None else ()
 
-        def embed(chunk):  # Both views of a chunk's images go through together, as in the plain step.
-            chunk_1, chunk_2, chunk_labels = chunk
-            outputs = self(tf.concat([chunk_1, chunk_2], axis=0), training=True)
-            if self.supervised_head is None:
-                return outputs["proj_head_output"], None, {}
-            # The probe's loss is a per-example mean: each chunk contributes its share.
-            sup_loss, updates = self._probe_loss_and_updates(chunk_labels, outputs["logits_sup"])
-            return (outputs["proj_head_output"],
-                    self.optimizer.scale_loss(sup_loss / (num_chunks * replicas)), updates)
-
-        def batch_loss(projections):
-            views = [tf.split(p, 2, axis=0) for p in projections]
-            loss, updates = self._contrastive_loss_and_updates(
-                tf.concat([v[0] for v in views], 0), tf.concat([v[1] for v in views], 0))
-            loss += updates["weight_decay"]
-            updates["loss"] = loss
-            return self.optimizer.scale_loss(loss / replicas), updates
-
-        gradients, updates, chunk_updates = cached_step.cached_gradients(
-            embed, batch_loss, (view_1, view_2, labels), lambda: self.trainable_variables, num_chunks,
-            state_variables=lambda: (self.encoder.non_trainable_variables
-                                     + self.projection_head.non_trainable_variables))
-        for name in chunk_updates[0]:  # Equal chunks: the batch's mean is the mean of the chunks' means.
-            updates[name] = tf.add_n([chunk[name] for chunk in chunk_updates]) / num_chunks
-        if "supervised_loss" in updates:
-            updates["loss"] += updates["supervised_loss"]
-        return gradients, [updates]
-
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def update_eval_metrics(self, images, labels):
         if self.supervised_head is None:
             raise ValueError("This model has no linear probe (num_classes=0): there is nothing to "
                              "evaluate. Pretrain with labelled data and lineareval_while_pretraining.")
         logits = self(images, training=False)["logits_sup"]
         update_classification_metrics(self._eval_metrics, labels, logits)
-        return {name: metric.result() for name, metric in self._eval_metrics.items()}
 
     def get_config(self):
         config = super().get_config()
