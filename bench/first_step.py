@@ -8,8 +8,8 @@ training=True (batch statistics), as the first training step computes them.
 With `--ref_dir` (written outside the project by a side-by-side run of the reference, one
 `ref_seed<S>.json` with its loss/accuracy, `ref_views_seed<S>.npz` with its two views and `ref_init_seed<S>/`
 with its initial weights, a tf.train.Checkpoint prefix `ckpt`), it also prints the reference's own figures,
-ours with the reference's initial weights transplanted (simclr_tf.reference_checkpoints), ours on the reference's views,
-and per-group statistics of the initial weights of both.
+ours with the reference's initial weights transplanted (simclr_tf.persistence.reference.checkpoints), ours on
+the reference's views, and per-group statistics of the initial weights of both.
 
     python bench/first_step.py --seeds=0,1,2 [--ref_dir=DIR]
 """
@@ -30,7 +30,7 @@ from simclr_tf import losses  # noqa: E402
 from simclr_tf.config import ModelConfig  # noqa: E402
 from simclr_tf.data import augment  # noqa: E402
 from simclr_tf.models.simclr import build_simclr_model  # noqa: E402
-from simclr_tf.reference_checkpoints import load_reference_checkpoint  # noqa: E402
+from simclr_tf.persistence.reference.checkpoints import load_reference_checkpoint  # noqa: E402
 
 DEFAULT_NPZ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                            "cifar10_dev.npz")

@@ -17,13 +17,13 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # simclr_tf runs on TensorFlow (before Keras is imported)
 
+from simclr_tf import deprecated
 from simclr_tf.config import (Config, ConfigError, DataConfig, DistributeConfig, ModelConfig,
                               OptimConfig, TrainConfig)
 from simclr_tf.data.augment import CenterCropResize, FineTuneAugment, PretrainAugment, two_views
 from simclr_tf.data.pipelines import build_eval_dataset, build_finetune_dataset, build_pretrain_dataset
 from simclr_tf.data.sources import get_source
 from simclr_tf.data.subsets import choose_labelled_subset
-from simclr_tf.export import export_run, export_saved_model, keras_layer, load_exported, named_outputs
 from simclr_tf.losses import contrastive_loss
 from simclr_tf.models.classifier import SimCLRClassifier, build_classifier
 from simclr_tf.models.distill import DistillationModel
@@ -32,9 +32,12 @@ from simclr_tf.models.heads import ProjectionHead, SupervisedHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel, build_simclr_model
 from simclr_tf.optimizers import LARS, WarmUpAndCosineDecay
-from simclr_tf.pretrained import load_trained_model
-from simclr_tf.reference_checkpoints import load_reference_checkpoint
+from simclr_tf.persistence.export import export_run, export_saved_model, keras_layer, load_exported, named_outputs
+from simclr_tf.persistence.pretrained import load_trained_model
+from simclr_tf.persistence.reference.checkpoints import load_reference_checkpoint
 from simclr_tf.train import run
+
+deprecated.install()  # the old paths of modules that moved (simclr_tf.checkpoints, ...) still import, with a warning
 
 __all__ = [
     "CenterCropResize", "Config", "ConfigError", "DataConfig", "DistillationModel", "DistributeConfig",

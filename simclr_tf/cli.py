@@ -21,7 +21,8 @@ def run_main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import tensorflow as tf
 
-    from simclr_tf import checkpoints, interrupts, train
+    from simclr_tf import interrupts, train
+    from simclr_tf.persistence import checkpoints
 
     # Ctrl-C and SIGTERM (a preemption notice, `kill`, a scheduler's stop) end the run at a step boundary.
     interrupts.install_handlers()

@@ -14,7 +14,6 @@ is the one a single process computes.
 - `KnnMonitor`: a Keras callback that runs an evaluator every so many steps and at the end of training.
 """
 import math
-import os
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf.data import pipelines
+from simclr_tf.persistence import run_dir
 
 QUERY_CHUNK = 512  # queries scored at once: bounds the [queries, bank] similarity matrix in memory.
 
@@ -204,7 +204,7 @@ class KnnMonitor(keras.callbacks.Callback):
                      result["num_queries"], self.evaluator.query_split, step, 100 * result["top_1"],
                      100 * result["top_5"])
         if self.log_dir:
-            writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+            writer = tf.summary.create_file_writer(run_dir.train_summaries_dir(self.log_dir))
             with writer.as_default():
                 for name, value in values.items():
                     tf.summary.scalar(name, value, step=step)

@@ -17,8 +17,9 @@ import time
 from absl import logging
 
 from simclr_tf.config import ConfigError
+from simclr_tf.persistence import run_dir
 
-LOCK_FILE = "run.lock"
+LOCK_FILE = run_dir.LOCK_FILE
 _HELD = set()  # real paths of the locks this process holds
 
 
@@ -77,7 +78,7 @@ class RunLock:
     """
 
     def __init__(self, model_dir):
-        self.path = os.path.join(model_dir, LOCK_FILE)
+        self.path = run_dir.lock_path(model_dir)
         self.held = False
 
     def _create(self):

@@ -15,12 +15,13 @@ import os
 
 from absl import logging
 
-from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf.models import encoders
 from simclr_tf.models.resnet import ResNet
+from simclr_tf.persistence import atomic
+from simclr_tf.persistence import run_dir
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = run_dir.CONFIG_FILE
 # Fields a resumed run may change: they say where and how the run executes, not what it trains.
 OPERATIONAL_FIELDS = {
     "data": {"data_dir", "eval_split", "cache_dataset", "corrupt_images", "shuffle_buffer", "seed"},
@@ -38,8 +39,7 @@ CHECKPOINT_ARCHITECTURE_FIELDS = ("backbone", "backbone_args", "resnet_depth", "
                                   "se_ratio", "proj_head_mode", "num_proj_layers", "proj_out_dim")
 
 
-def config_path(model_dir):
-    return os.path.join(model_dir, CONFIG_FILE)
+config_path = run_dir.config_path
 
 
 def read(model_dir):
@@ -56,13 +56,7 @@ def read(model_dir):
 
 
 def write(cfg, model_dir=None):
-    model_dir = model_dir or cfg.train.model_dir
-    path = config_path(model_dir)
-    partial = path + f".partial-{os.getpid()}"
-    with open(partial, "w") as f:
-        f.write(cfg.to_json())
-    os.replace(partial, path)
-    return path
+    return atomic.write_text(config_path(model_dir or cfg.train.model_dir), cfg.to_json())
 
 
 def _takes_architecture_from_checkpoint(cfg):
@@ -93,7 +87,7 @@ def check_resume_flags(cfg):
     """Raises ConfigError listing every flag that contradicts the run already in model_dir (one with a
     checkpoint and a config.json), with the fix; does nothing for a new run."""
     model_dir = cfg.train.model_dir
-    if not checkpoints.latest_checkpoint(model_dir):
+    if not run_dir.latest_checkpoint(model_dir):
         return
     recorded = read(model_dir)
     if recorded is None:

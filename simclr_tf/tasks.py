@@ -12,13 +12,13 @@ import os
 
 from absl import logging
 
-from simclr_tf import pretrained as pretrained_lib
 from simclr_tf.config import Config, ConfigError
 from simclr_tf.data import pipelines
-from simclr_tf.data import subsets
 from simclr_tf.models.classifier import build_classifier
 from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.simclr import build_simclr_model
+from simclr_tf.persistence import label_subset as subsets  # the run's subset, in model_dir/label_subset.json
+from simclr_tf.persistence import pretrained as pretrained_lib
 
 
 class Task:

@@ -2,7 +2,6 @@
 
 `run(cfg)` is what `run.py` calls; notebooks and library users can call it too with a `Config`.
 """
-import json
 import math
 import os
 import time
@@ -11,16 +10,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import distribute
-from simclr_tf import export as export_lib
 from simclr_tf import interrupts
 from simclr_tf import knn
 from simclr_tf import linear_probe
 from simclr_tf import optimizers
 from simclr_tf import precision
-from simclr_tf import pretrained
 from simclr_tf import progress
 from simclr_tf import projector
 from simclr_tf import run_lock
@@ -29,6 +25,12 @@ from simclr_tf import tasks
 from simclr_tf.data import pipelines
 from simclr_tf.data import sources
 from simclr_tf.models.simclr import build_simclr_model
+from simclr_tf.persistence import atomic
+from simclr_tf.persistence import checkpoints
+from simclr_tf.persistence import export as export_lib
+from simclr_tf.persistence import modes as persistence_modes
+from simclr_tf.persistence import pretrained
+from simclr_tf.persistence import run_dir
 
 NUM_SUMMARY_VIEWS = 4
 EVAL_POLL_SECS = 15
@@ -77,7 +79,7 @@ class AugmentedViewsSummary(keras.callbacks.Callback):
         self.views = views
 
     def on_train_begin(self, logs=None):
-        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        writer = tf.summary.create_file_writer(run_dir.train_summaries_dir(self.log_dir))
         with writer.as_default():
             step = int(self.model.optimizer.iterations.numpy())
             tf.summary.image("view_1", self.views[0], step=step, max_outputs=NUM_SUMMARY_VIEWS)
@@ -181,7 +183,7 @@ class RunContext:
         """The task's model; when model_dir already has checkpoints of a fine-tuning or distillation run,
         the model they belong to (from model_config.json), without reloading --checkpoint."""
         cfg = self.cfg
-        config_file = os.path.join(cfg.train.model_dir, pretrained.MODEL_CONFIG_FILE)
+        config_file = run_dir.model_config_path(cfg.train.model_dir)
         resuming = checkpoints.latest_checkpoint(cfg.train.model_dir) and os.path.isfile(config_file)
         if resuming and cfg.train.train_mode != "pretrain":
             model, _ = pretrained.model_from_config_file(config_file)
@@ -214,13 +216,6 @@ def _check_data_for_evaluation(cfg, source):
             "classes (one subfolder per class in an image folder).", cfg.data.dataset)
 
 
-def _write_json(path, payload):
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(partial, path)
-
-
 def _architecture_mismatch(path, part):
     return config_lib.ConfigError(
         f"The {part} of --checkpoint={path} does not match this run's architecture; set the "
@@ -231,7 +226,7 @@ def _architecture_mismatch(path, part):
 def _start_pretraining_from(model, path):
     """--checkpoint for pretraining: our checkpoint resumes weights and optimizer state; any other format
     (a .keras file, an export, a reference checkpoint) gives the encoder and projection head weights."""
-    if path.endswith(".weights.h5"):
+    if path.endswith(run_dir.CHECKPOINT_SUFFIX):
         try:
             checkpoints.restore(model, path)
         except checkpoints.DamagedCheckpointError:
@@ -332,7 +327,7 @@ def _export_projector(ctx: RunContext):
         count = min(count, cfg.train.eval_steps * cfg.train.eval_batch_size)
     dataset = pipelines.build_eval_dataset(ctx.source, cfg.data.eval_split, cfg.data,
                                            cfg.train.eval_batch_size, max_examples=count)
-    path = projector.export_projector(ctx.model.encoder, dataset, os.path.join(cfg.train.model_dir, "train"),
+    path = projector.export_projector(ctx.model.encoder, dataset, run_dir.train_summaries_dir(cfg.train.model_dir),
                                       count, ctx.source.class_names)
     logging.info("Projector: %d %s embeddings in %s (tensorboard --logdir=%s, tab Projector).", count,
                  cfg.data.eval_split, path, cfg.train.model_dir)
@@ -396,9 +391,9 @@ def evaluate(ctx: RunContext, checkpoint=None):
         result.update(_offline_probes(ctx))
     if ctx.knn is not None:
         result.update(_knn_results(ctx))
-    name = f"result_{cfg.train.eval_name}.json" if cfg.train.eval_name else "result.json"
     if ctx.chief:
-        _write_json(os.path.join(cfg.train.model_dir, name), result)
+        atomic.write_json(run_dir.result_path(cfg.train.model_dir, cfg.train.eval_name), result, indent=2,
+                          sort_keys=True)
     logging.info("Evaluation at step %d: %s", ctx.global_step, result)
     return result
 
@@ -438,50 +433,6 @@ def _offline_probes(ctx: RunContext):
             "random_encoder_probe_top_5": untrained["top_5"]}
 
 
-def convert(cfg: config_lib.Config):
-    """Converts a reference checkpoint (--checkpoint) into `model.keras`, `encoder.keras` and a SavedModel
-    export (`saved_model/0`) in model_dir."""
-    from simclr_tf import reference_checkpoints
-
-    try:
-        model, report = reference_checkpoints.load_reference_checkpoint(cfg.train.checkpoint)
-    except ValueError as error:
-        raise config_lib.ConfigError(str(error)) from error
-    logging.info("%s", report.summary())
-    model_dir = cfg.train.model_dir
-    model.save(os.path.join(model_dir, "model.keras"))
-    model.encoder.save(os.path.join(model_dir, "encoder.keras"))
-    export_dir = export_lib.export_run(model, model_dir, 0, cfg.data.image_size, cfg.train.keep_hub_module_max)
-    result = {"converted_from": cfg.train.checkpoint, "layout": report.layout,
-              "architecture": report.architecture, "assigned_weights": report.assigned,
-              "ignored_variables": report.ignored,
-              "outputs": [os.path.join(model_dir, name) for name in ("model.keras", "encoder.keras")]
-              + [export_dir]}
-    _write_json(os.path.join(model_dir, "conversion.json"), result)
-    return result
-
-
-def export(cfg: config_lib.Config):
-    """--mode=export: a SavedModel of the newest checkpoint in model_dir, or else of --checkpoint."""
-    model_dir = cfg.train.model_dir
-    latest = checkpoints.latest_checkpoint(model_dir)
-    config_file = os.path.join(model_dir, pretrained.MODEL_CONFIG_FILE)
-    if latest and os.path.isfile(config_file):
-        model, image_size = pretrained.model_from_config_file(config_file, compile=False)
-        step, source = checkpoints.restore_latest(model, model_dir)  # skips (and names) damaged ones
-    elif cfg.train.checkpoint:
-        model, image_size, step = pretrained.load_trained_model(cfg.train.checkpoint), cfg.data.image_size, 0
-        source = cfg.train.checkpoint
-    else:
-        raise FileNotFoundError(
-            f"Nothing to export: {model_dir} has no checkpoint with its {pretrained.MODEL_CONFIG_FILE}, and "
-            "--checkpoint is not set. Point --model_dir at a training run, or pass --checkpoint=PATH.")
-    model = getattr(model, "student", model)
-    path = export_lib.export_run(model, model_dir, step, image_size, cfg.train.keep_hub_module_max)
-    logging.info("Exported %s to %s", source, path)
-    return {"exported_from": source, "export_dir": path, "global_step": step}
-
-
 def run(cfg: config_lib.Config):
     """Runs `cfg.train.mode`; returns the evaluation, export or conversion result when there is one.
 
@@ -512,11 +463,8 @@ def run(cfg: config_lib.Config):
     """
     config_lib.validate(cfg)
     checkpoints.check_writable(cfg.train.model_dir)  # Creates it; a clear error if it cannot be written.
-    if cfg.train.mode in ("convert", "export"):
-        with run_lock.RunLock(cfg.train.model_dir):
-            if run_record.read(cfg.train.model_dir) is None:  # An export keeps the record of its run.
-                run_record.write(cfg)
-            return convert(cfg) if cfg.train.mode == "convert" else export(cfg)
+    if cfg.train.mode in persistence_modes.MODES:  # convert, export: no training, only the run directory
+        return persistence_modes.run(cfg)
     run_record.check_resume_flags(cfg)  # Before any work: flags that contradict the run in model_dir.
     ctx = RunContext(cfg)
     try:

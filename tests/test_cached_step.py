@@ -279,7 +279,7 @@ def test_a_restored_checkpoint_continues_as_the_uninterrupted_model(tmp_path):
 def test_run_with_chunks_checkpoints_and_resumes(tmp_path):
     """train.run with --contrastive_chunks=2 on the built-in data: 3 steps with a checkpoint each; with the
     last checkpoint removed, the same command resumes from step 2 and trains the third step again."""
-    from simclr_tf import checkpoints
+    from simclr_tf.persistence import checkpoints
     from simclr_tf.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from simclr_tf.train import run
 

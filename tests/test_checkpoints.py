@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from simclr_tf import checkpoints
+from simclr_tf.persistence import checkpoints
 
 
 def tiny_model():

@@ -165,7 +165,7 @@ def test_distill_from_the_finetuned_run_then_export_on_demand(finetuned_run, tmp
     assert 0.0 <= result["teacher_agreement"] <= 1.0
     assert os.path.isdir(os.path.join(model_dir, "saved_model", "4"))
     # The teacher never trains, so it is loaded without an optimizer; the student loads cleanly.
-    from simclr_tf.pretrained import load_trained_model
+    from simclr_tf.persistence.pretrained import load_trained_model
     assert "Skipping variable loading" not in proc.stderr
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,4 +1,4 @@
-"""Tests of simclr_tf.export: outputs through every loading route, fine-tuning, batch norm modes, runs."""
+"""Tests of simclr_tf.persistence.export: outputs through every loading route, fine-tuning, batch norm modes, runs."""
 import json
 import os
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import export
+from simclr_tf.persistence import export
 from simclr_tf.config import ConfigError
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
@@ -313,7 +313,7 @@ def test_export_run_cleans_every_stale_partial_and_reports_a_full_disk(tmp_path,
         raise tf.errors.ResourceExhaustedError(None, None, "saved_model.pb; No space left on device")
 
     monkeypatch.setattr(export, "export_saved_model", export_to_a_full_disk)
-    with pytest.raises(export.checkpoints.DiskFullError,
+    with pytest.raises(export.disk_space.DiskFullError,
                        match=f"No space left in {root} for the SavedModel export of step 9: it needs "
                              "about .*--keep_hub_module_max"):
         export.export_run("model9", model_dir, 9, SIZE, keep_max=2)

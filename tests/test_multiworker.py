@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints
+from simclr_tf.persistence import checkpoints
 from tests.test_cli import REPO, TINY, checkpoint_steps
 
 GLOBAL_BATCH = 8

@@ -4,8 +4,9 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf.config import DataConfig
-from simclr_tf.data import builtin, pipelines, subsets
+from simclr_tf.data import builtin, pipelines
 from simclr_tf.data.sources import ImageSource, SourceInfo
+from simclr_tf.persistence import label_subset
 
 
 class ArraySource(ImageSource):
@@ -193,7 +194,7 @@ def test_finetuning_an_unlabelled_dataset_says_what_to_do():
 def test_finetune_on_a_builtin_label_subset(tmp_path):
     source = builtin.BuiltinShapesSource({"train": 40, "test": 10})
     data = DataConfig(dataset="builtin_shapes", image_size=16, labels_per_class=1, seed=2, shuffle_buffer=20)
-    subset = subsets.subset_for_run(source, "train", data, str(tmp_path))
+    subset = label_subset.subset_for_run(source, "train", data, str(tmp_path))
     ds = pipelines.distributed(tf.distribute.get_strategy(), pipelines.build_finetune_dataset, 16,
                                source=source, split="train", data=data, seed=0, example_ids=subset.ids)
     _, all_labels = source.arrays("train")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from simclr_tf import checkpoints
+from simclr_tf.persistence import checkpoints
 from tests.test_cli import REPO, TINY, checkpoint_steps
 from tests.test_multiworker import _tiny_run_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints, export, pretrained
+from simclr_tf.persistence import checkpoints, export, pretrained
 from simclr_tf.config import ConfigError
 from simclr_tf.models.classifier import SimCLRClassifier, build_classifier
 from simclr_tf.models.heads import ProjectionHead

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf.reference_checkpoints import build_model_for, load_reference_checkpoint
-from simclr_tf.reference_names import detect_architecture, reference_weight_names
+from simclr_tf.persistence.reference.checkpoints import build_model_for, load_reference_checkpoint
+from simclr_tf.persistence.reference.names import detect_architecture, reference_weight_names
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 CONFIGS = ["r18_cifar", "r50_1x", "r50_1x_sk1"]
@@ -245,7 +245,7 @@ def names_and_shapes_of_release(depth, width, sk, with_projection_head):
     from simclr_tf.models.heads import ProjectionHead
     from simclr_tf.models.resnet import ResNet
     from simclr_tf.models.simclr import SimCLRModel
-    from simclr_tf.reference_names import VALUE_SUFFIX, reference_tf1_weight_names, reference_weight_names
+    from simclr_tf.persistence.reference.names import VALUE_SUFFIX, reference_tf1_weight_names, reference_weight_names
     with mock.patch.object(keras.initializers.VarianceScaling, "__call__", _zeros), \
             mock.patch.object(keras.initializers.RandomNormal, "__call__", _zeros):
         encoder = ResNet(depth, width, sk_ratio=0.0625 if sk else 0.0, global_bn=False)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from simclr_tf import checkpoints
+from simclr_tf.persistence import checkpoints
 from simclr_tf import config as config_lib
 from simclr_tf import optimizers
 from simclr_tf.models.simclr import build_simclr_model
@@ -144,7 +144,7 @@ def _mount_tmpfs(path, size):
 # segmentation fault (exit 139).
 _RUN_WITH_A_LOW_ESTIMATE = """
 import runpy, sys
-from simclr_tf import checkpoints
+from simclr_tf.persistence import checkpoints
 checkpoints.estimated_checkpoint_bytes = lambda model: 0
 sys.argv = ["run.py"] + sys.argv[1:]
 runpy.run_path("run.py", run_name="__main__")
@@ -199,7 +199,8 @@ def test_an_empty_eval_split_is_found_before_training_and_one_class_is_warned(tm
 
 
 def test_a_weights_file_checkpoint_that_misfits_or_is_truncated_gets_a_clear_message(tmp_path):
-    from simclr_tf import pretrained, train
+    from simclr_tf import train
+    from simclr_tf.persistence import pretrained
 
     def compiled(width):
         model_cfg = config_lib.ModelConfig(resnet_depth=18, width_multiplier=width, num_proj_layers=2,

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from simclr_tf.config import ConfigError, DataConfig
 from simclr_tf.data import builtin, subsets
+from simclr_tf.persistence import label_subset
 
 # 30, 20, 10 and 1 labelled examples of classes 0..3, and 15 unlabelled ones, ids 0..75 interleaved.
 CLASS_SIZES = {0: 30, 1: 20, 2: 10, 3: 1, -1: 15}
@@ -80,10 +81,10 @@ def test_duplicate_ids_and_two_size_settings_are_refused():
 def test_subset_file_round_trip(tmp_path, string_ids):
     ids = np.array([f"img{i}" for i in IDS]) if string_ids else IDS
     subset = subsets.choose_labelled_subset(ids, LABELS, fraction=0.2, seed=4, dataset="toy", split="train")
-    path = subsets.write_subset(subset, str(tmp_path / "run"))
+    path = label_subset.write_subset(subset, str(tmp_path / "run"))
     assert path == str(tmp_path / "run" / "label_subset.json")
     assert os.listdir(tmp_path / "run") == ["label_subset.json"]  # no temporary file left behind
-    assert subsets.read_subset(path) == subset
+    assert label_subset.read_subset(path) == subset
     contents = json.loads(open(path).read())
     assert contents["ids"] == list(subset.ids)
     assert contents["counts_per_class"] == {"0": 6, "1": 4, "2": 2, "3": 1}
@@ -95,7 +96,7 @@ def test_subset_file_round_trip(tmp_path, string_ids):
 def test_unreadable_subset_file_names_the_file(tmp_path):
     (tmp_path / "label_subset.json").write_text("{not json")
     with pytest.raises(ConfigError, match="label_subset.json is not a readable label subset"):
-        subsets.read_subset(str(tmp_path / "label_subset.json"))
+        label_subset.read_subset(str(tmp_path / "label_subset.json"))
 
 
 class CountingSource(builtin.BuiltinShapesSource):
@@ -114,24 +115,24 @@ def test_a_restarted_run_reuses_its_subset_and_refuses_other_settings(tmp_path):
     model_dir = str(tmp_path)
     data = DataConfig(dataset="builtin_shapes", labels_per_class=2, seed=5)
     source = CountingSource()
-    first = subsets.subset_for_run(source, "train", data, model_dir)
+    first = label_subset.subset_for_run(source, "train", data, model_dir)
     assert first.counts_per_class == {label: 2 for label in range(10)} and first.seed == 5
-    assert subsets.read_subset(os.path.join(model_dir, "label_subset.json")) == first
-    again = subsets.subset_for_run(source, "train", data, model_dir)
+    assert label_subset.read_subset(os.path.join(model_dir, "label_subset.json")) == first
+    again = label_subset.subset_for_run(source, "train", data, model_dir)
     assert again == first and source.listings == 1  # read back from the file, the data is not listed again
     for changed in (DataConfig(labels_per_class=3, seed=5), DataConfig(labels_per_class=2, seed=6),
                     DataConfig(label_fraction=0.5, seed=5), DataConfig()):
         with pytest.raises(ConfigError, match=r"label_subset.json holds the labelled subset of an earlier "
                                               r"run.*new --model_dir"):
-            subsets.subset_for_run(source, "train", changed, model_dir)
+            label_subset.subset_for_run(source, "train", changed, model_dir)
     with pytest.raises(ConfigError, match="label_subset.json"):
-        subsets.subset_for_run(source, "test", data, model_dir)
+        label_subset.subset_for_run(source, "test", data, model_dir)
 
 
 def test_every_label_needs_no_subset_and_no_file(tmp_path):
-    assert subsets.subset_for_run(CountingSource(), "train", DataConfig(), str(tmp_path)) is None
+    assert label_subset.subset_for_run(CountingSource(), "train", DataConfig(), str(tmp_path)) is None
     assert os.listdir(tmp_path) == []
-    unseeded = subsets.subset_for_run(CountingSource(), "train", DataConfig(label_fraction=0.1), None)
+    unseeded = label_subset.subset_for_run(CountingSource(), "train", DataConfig(label_fraction=0.1), None)
     assert unseeded.seed == 0 and unseeded.counts_per_class == {label: 1 for label in range(10)}
 
 

@@ -7,8 +7,10 @@ any labelled split: class-balanced, seeded, and independent of the order in whic
     subset = choose_labelled_subset(ids, labels, fraction=0.1, seed=0)
     dataset = pipelines.build_finetune_dataset(source, "train", data, 64, example_ids=subset.ids)
 
-A run keeps its subset in `model_dir/label_subset.json` (`subset_for_run` writes it on the first start and
-reads it on every restart), so a resumed run trains on the same examples and anyone can see which they were.
+A run keeps its subset in `model_dir/label_subset.json` (`simclr_tf.persistence.label_subset.subset_for_run`
+writes it on the first start and reads it on every restart), so a resumed run trains on the same examples and
+anyone can see which they were. This module chooses, checks and describes subsets (`to_record`, `from_record`,
+`check_reusable`); it reads and writes no file.
 
 Selection rule. Classes are the labels present in the split (unlabelled examples, label -1, are never chosen).
 With `per_class=k`, every class gets exactly k examples; a class with fewer than k labelled examples is an
@@ -18,17 +20,13 @@ without replacement by `numpy.random.default_rng([seed, class])`, so each class'
 seed, the class and its set of ids.
 """
 import dataclasses
-import json
 import math
-import os
-import uuid
 
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf.config import ConfigError, DataConfig
 
-SUBSET_FILE = "label_subset.json"
 UNLABELED = -1  # the label of an unlabeled example; `sources.UNLABELED` is this constant
 _FORMAT_VERSION = 1
 
@@ -128,11 +126,9 @@ def _describe(subset: LabelSubset) -> str:
             f"numpy.random.default_rng([{subset.seed}, class]); unlabelled examples are never chosen.")
 
 
-def write_subset(subset: LabelSubset, model_dir: str) -> str:
-    """Writes `model_dir/label_subset.json` atomically (temporary file, then rename); returns its path."""
-    tf.io.gfile.makedirs(model_dir)
-    path = os.path.join(model_dir, SUBSET_FILE)
-    contents = {
+def to_record(subset: LabelSubset) -> dict:
+    """The subset as a JSON-able dict: its settings, the rule in words, the counts and the ids."""
+    return {
         "format_version": _FORMAT_VERSION,
         "dataset": subset.dataset, "split": subset.split,
         "label_fraction": subset.fraction, "labels_per_class": subset.per_class, "seed": int(subset.seed),
@@ -142,26 +138,21 @@ def write_subset(subset: LabelSubset, model_dir: str) -> str:
                              for label, count in sorted(subset.counts_per_class.items())},
         "ids": _as_id_array(subset.ids).tolist(),  # JSON ints or strings
     }
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"  # unique, so workers writing at once do not clash
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        json.dump(contents, f, indent=1)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-    return path
 
 
-def read_subset(path: str) -> LabelSubset:
-    """The subset a `write_subset` file holds; ConfigError naming the file if it cannot be read."""
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            contents = json.load(f)
-        return LabelSubset(
-            ids=tuple(contents["ids"]),
-            counts_per_class={int(label): count for label, count in contents["counts_per_class"].items()},
-            seed=contents["seed"], fraction=contents["label_fraction"],
-            per_class=contents["labels_per_class"], dataset=contents["dataset"], split=contents["split"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"{path} is not a readable label subset ({error!r}). Delete it to draw the subset "
-                          "again, or use a new --model_dir.") from None
+def from_record(record: dict) -> LabelSubset:
+    """The subset a `to_record` dict describes; KeyError, TypeError or ValueError when it is malformed.
+
+    Example:
+      >>> subset = choose_labelled_subset(list(range(12)), [i % 3 for i in range(12)], per_class=2, seed=3)
+      >>> from_record(to_record(subset)) == subset
+      True
+    """
+    return LabelSubset(
+        ids=tuple(record["ids"]),
+        counts_per_class={int(label): count for label, count in record["counts_per_class"].items()},
+        seed=record["seed"], fraction=record["label_fraction"], per_class=record["labels_per_class"],
+        dataset=record["dataset"], split=record["split"])
 
 
 def subset_settings(data: DataConfig, dataset: str, split: str) -> dict | None:
@@ -176,32 +167,23 @@ def subset_settings(data: DataConfig, dataset: str, split: str) -> dict | None:
             "seed": data.seed if data.seed is not None else 0}
 
 
-def subset_for_run(source, split: str, data: DataConfig, model_dir: str | None) -> LabelSubset | None:
-    """The run's labelled subset, or None for every label; reused from `model_dir` on a restart.
+def check_reusable(recorded: LabelSubset, wanted: dict | None, where: str):
+    """Raises ConfigError unless the `recorded` subset (kept at `where`) has the `wanted` settings, as
+    `subset_settings` gives them: a restarted run must train on the subset it started with."""
+    if recorded.settings == wanted:
+        return
+    asked = wanted or "every label (--label_fraction=1, --labels_per_class=0)"
+    raise ConfigError(
+        f"{where} holds the labelled subset of an earlier run with settings {recorded.settings}, but "
+        f"this run asks for {asked}. A run keeps its subset when restarted: use the earlier flags, "
+        "or a new --model_dir (or delete the file) to train on a different subset.")
 
-    The subset is seeded with `data.seed` (0 when unset). If `model_dir/label_subset.json` exists it must
-    come from the same dataset, split, fraction or count per class, and seed: then it is read back without
-    listing the dataset again; otherwise ConfigError names the file. A new subset is written there.
-    """
-    wanted = subset_settings(data, source.info.name, split)
-    path = os.path.join(model_dir, SUBSET_FILE) if model_dir else None
-    if path and tf.io.gfile.exists(path):
-        subset = read_subset(path)
-        if subset.settings != wanted:
-            asked = wanted or "every label (--label_fraction=1, --labels_per_class=0)"
-            raise ConfigError(
-                f"{path} holds the labelled subset of an earlier run with settings {subset.settings}, but "
-                f"this run asks for {asked}. A run keeps its subset when restarted: use the earlier flags, "
-                "or a new --model_dir (or delete the file) to train on a different subset.")
-        return subset
-    if wanted is None:
-        return None
+
+def choose_for_run(source, split: str, wanted: dict) -> LabelSubset:
+    """Draws the subset `wanted` (settings as `subset_settings` gives them) from `source`'s `split`."""
     ids, labels = source.labels_and_ids(split)
-    subset = choose_labelled_subset(ids, labels, fraction=wanted["fraction"], per_class=wanted["per_class"],
-                                    seed=wanted["seed"], dataset=wanted["dataset"], split=split)
-    if path:
-        write_subset(subset, model_dir)
-    return subset
+    return choose_labelled_subset(ids, labels, fraction=wanted["fraction"], per_class=wanted["per_class"],
+                                  seed=wanted["seed"], dataset=wanted["dataset"], split=split)
 
 
 def id_membership(ids, id_dtype: tf.DType):

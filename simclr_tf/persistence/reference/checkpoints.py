@@ -26,9 +26,11 @@ import tensorflow as tf
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.resnet import ResNet
 from simclr_tf.models.simclr import SimCLRModel
-from simclr_tf.reference_names import (VALUE_SUFFIX, detect_architecture, detect_saved_model_architecture,
-                                       detect_tf1_architecture, detect_tf2_architecture, is_tf1_checkpoint,
-                                       reference_tf1_weight_names, reference_weight_names, strip_suffix)
+from simclr_tf.persistence.reference.names import (VALUE_SUFFIX, detect_architecture,
+                                                   detect_saved_model_architecture, detect_tf1_architecture,
+                                                   detect_tf2_architecture, is_tf1_checkpoint,
+                                                   reference_tf1_weight_names, reference_weight_names,
+                                                   strip_suffix)
 
 __all__ = ["LoadReport", "build_model_for", "detect_architecture", "load_reference_checkpoint"]
 REFERENCE_BN_MOMENTUM = 0.9

@@ -7,7 +7,7 @@
 - one of our checkpoints, `ckpt-<step>.weights.h5`, or a run's model_dir (its newest checkpoint is read):
   the model is rebuilt from `model_config.json`, which every training run writes beside its checkpoints;
 - a checkpoint of the reference (TF1 or TF2 checkpoint, TF-Hub module, TF2 SavedModel), by variable name
-  (`simclr_tf.reference_checkpoints`).
+  (`simclr_tf.persistence.reference.checkpoints`).
 
 It returns the Keras model: a `SimCLRModel` (pretraining), a `SimCLRClassifier` (fine-tuning), or the
 student of a distillation run.
@@ -19,23 +19,20 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import checkpoints
-from simclr_tf import export
 from simclr_tf.config import ConfigError
+from simclr_tf.persistence import atomic
+from simclr_tf.persistence import checkpoints
+from simclr_tf.persistence import run_dir
+from simclr_tf.persistence.reference import checkpoints as reference_checkpoints
 
-MODEL_CONFIG_FILE = "model_config.json"
-KERAS_MODEL_FILE = export.MODEL_FILE
+MODEL_CONFIG_FILE = run_dir.MODEL_CONFIG_FILE
+KERAS_MODEL_FILE = run_dir.KERAS_MODEL_FILE
 
 
 def write_model_config(model, model_dir, image_size):
     """Writes `model_dir/model_config.json`: what is needed to rebuild `model` for its checkpoints."""
     payload = {"image_size": int(image_size), "model": keras.saving.serialize_keras_object(model)}
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(partial, path)
-    return path
+    return atomic.write_json(run_dir.model_config_path(model_dir), payload)
 
 
 def model_from_config_file(path, compile=True):
@@ -62,13 +59,13 @@ def _unwrap(model):
 def _newest_export(directory):
     """The newest export in a run's model_dir, or in its `saved_model/` directory itself."""
     parent = os.path.dirname(directory.rstrip(os.sep))
-    return export.latest_export(directory) or (
-        export.latest_export(parent) if os.path.basename(directory.rstrip(os.sep)) == export.EXPORTS_DIR
+    return run_dir.latest_export(directory) or (
+        run_dir.latest_export(parent) if os.path.basename(directory.rstrip(os.sep)) == run_dir.EXPORTS_DIR
         else None)
 
 
 def _load_h5_checkpoint(path):
-    config_file = os.path.join(os.path.dirname(path), MODEL_CONFIG_FILE)
+    config_file = run_dir.model_config_path(os.path.dirname(path))
     if not os.path.isfile(config_file):
         raise FileNotFoundError(
             f"{path} is a simclr_tf checkpoint but {config_file} is missing, so the model it belongs to "
@@ -113,7 +110,7 @@ def load_trained_model(path):
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, KERAS_MODEL_FILE)):
             return _unwrap(keras.saving.load_model(os.path.join(path, KERAS_MODEL_FILE), compile=False))
-        latest = checkpoints.latest_checkpoint(path)
+        latest = run_dir.latest_checkpoint(path)
         if latest:
             return _unwrap(_load_h5_checkpoint(latest[1]))
         newest = _newest_export(path)
@@ -121,14 +118,12 @@ def load_trained_model(path):
             return _unwrap(keras.saving.load_model(os.path.join(newest, KERAS_MODEL_FILE), compile=False))
     elif path.endswith(".keras"):
         return _unwrap(keras.saving.load_model(path, compile=False))
-    elif path.endswith(".weights.h5"):
+    elif path.endswith(run_dir.CHECKPOINT_SUFFIX):
         return _unwrap(_load_h5_checkpoint(path))
     return _load_reference(path)
 
 
 def _load_reference(path):
-    from simclr_tf import reference_checkpoints
-
     try:
         model, report = reference_checkpoints.load_reference_checkpoint(path)
     except ValueError as error:

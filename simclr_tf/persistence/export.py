@@ -20,7 +20,6 @@ step, not as layer losses, so a fine-tuner adds its own.
 A run exports to `model_dir/saved_model/<step>/` (`export_run`), keeping the newest `keep_hub_module_max`.
 """
 import contextlib
-import json
 import os
 import shutil
 
@@ -28,20 +27,21 @@ import keras
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from simclr_tf import checkpoints
 from simclr_tf.config import ConfigError
 from simclr_tf.models.resnet import ENDPOINT_NAMES
+from simclr_tf.persistence import atomic
+from simclr_tf.persistence import disk_space
+from simclr_tf.persistence import run_dir
+from simclr_tf.persistence.run_dir import latest_export, list_exports  # noqa: F401 (part of this module's API)
 
-EXPORTS_DIR = "saved_model"
-METADATA_FILE = "simclr_tf_export.json"
-MODEL_FILE = "model.keras"
-ENCODER_FILE = "encoder.keras"
+EXPORTS_DIR = run_dir.EXPORTS_DIR
+METADATA_FILE = run_dir.EXPORT_METADATA_FILE
+MODEL_FILE = run_dir.KERAS_MODEL_FILE
+ENCODER_FILE = run_dir.ENCODER_FILE
 SERVING_SIGNATURE = "serving_default"
 CALL_ENDPOINT = "serve"  # inference mode; TFSMLayer's default call_endpoint
 CALL_TRAINING_ENDPOINT = "call_training"  # training mode: batch statistics, moving averages updated
 OUTPUT_NAMES = ENDPOINT_NAMES + ("proj_head_input", "proj_head_output", "logits_sup")
-_PARTIAL_PREFIX = ".partial-"
-_REPLACED_PREFIX = ".replaced-"
 
 
 def named_outputs(model, images, training=False):
@@ -235,24 +235,8 @@ def export_saved_model(model, export_dir, image_size):
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
     }
-    with open(os.path.join(export_dir, METADATA_FILE), "w") as f:
-        json.dump(metadata, f, indent=1)
+    atomic.write_json(os.path.join(export_dir, METADATA_FILE), metadata)
     return output_names
-
-
-def list_exports(model_dir):
-    """`[(step, path), ...]` of the complete exports in `model_dir/saved_model/`, oldest first."""
-    root = os.path.join(model_dir, EXPORTS_DIR)
-    if not os.path.isdir(root):
-        return []
-    return sorted((int(name), os.path.join(root, name)) for name in os.listdir(root)
-                  if name.isdigit() and os.path.isfile(os.path.join(root, name, METADATA_FILE)))
-
-
-def latest_export(model_dir):
-    """Path of the newest export of the run in `model_dir`, or None."""
-    exports = list_exports(model_dir)
-    return exports[-1][1] if exports else None
 
 
 def export_run(model, model_dir, step, image_size, keep_max):
@@ -281,18 +265,18 @@ def export_run(model, model_dir, step, image_size, keep_max):
         raise ConfigError(f"keep_max (--keep_hub_module_max) must be at least 1, got {keep_max}; set it to "
                           "the number of SavedModel exports to keep.")
     step = int(step)
-    root = os.path.join(model_dir, EXPORTS_DIR)
-    final = os.path.join(root, str(step))
-    partial = os.path.join(root, f"{_PARTIAL_PREFIX}{step}")
-    replaced = os.path.join(root, f"{_REPLACED_PREFIX}{step}")
+    root = run_dir.exports_root(model_dir)
+    final = run_dir.export_path(model_dir, step)
+    partial = run_dir.partial_export_path(model_dir, step)
+    replaced = run_dir.replaced_export_path(model_dir, step)
     os.makedirs(root, exist_ok=True)
     remove_stale_partials(model_dir)  # of runs killed while exporting (the run lock keeps others out)
     try:
         export_saved_model(model, partial, image_size)
     except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
-        if checkpoints.is_disk_full(error):
-            raise checkpoints.disk_full_error(
+        if disk_space.is_disk_full(error):
+            raise disk_space.disk_full_error(
                 root, _estimated_export_bytes(model, model_dir), f"the SavedModel export of step {step}",
                 keep_flag="--keep_hub_module_max") from None
         raise
@@ -308,11 +292,7 @@ def export_run(model, model_dir, step, image_size, keep_max):
 def remove_stale_partials(model_dir):
     """Deletes every unfinished export (`saved_model/.partial-<step>`, `.replaced-<step>`) a killed run
     left, whatever its step; returns their paths. Only the process holding model_dir's lock calls it."""
-    root = os.path.join(model_dir, EXPORTS_DIR)
-    if not os.path.isdir(root):
-        return []
-    stale = [os.path.join(root, name) for name in sorted(os.listdir(root))
-             if name.startswith((_PARTIAL_PREFIX, _REPLACED_PREFIX))]
+    stale = run_dir.stale_exports(model_dir)
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
         absl_logging.info("Removed the unfinished export %s of an interrupted run.", path)
@@ -337,7 +317,7 @@ def _check_export_dir(path):
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(
-            f"No SavedModel export at {path}. Pass a directory written by simclr_tf.export "
+            f"No SavedModel export at {path}. Pass a directory written by simclr_tf.persistence.export "
             f"(model_dir/{EXPORTS_DIR}/<step>); `latest_export(model_dir)` finds a run's newest.")
     if not os.path.isfile(os.path.join(path, METADATA_FILE)):
         newest = latest_export(os.path.dirname(path.rstrip(os.sep))) or latest_export(path)

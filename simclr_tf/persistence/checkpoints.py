@@ -13,13 +13,10 @@ different: it may read on-read variables, which is a collective every worker mus
 of every worker saving, the non-chief ones to temporary directories they then delete.
 """
 import contextlib
-import errno
 import gc
-import glob
 import itertools
 import math
 import os
-import re
 import shutil
 import sys
 
@@ -29,34 +26,16 @@ from absl import logging
 
 from simclr_tf import distribute
 from simclr_tf.config import ConfigError
+from simclr_tf.persistence import run_dir
+from simclr_tf.persistence.disk_space import DiskFullError, disk_full_error, is_disk_full  # noqa: F401 (API)
+from simclr_tf.persistence.run_dir import checkpoint_path, latest_checkpoint, list_checkpoints  # noqa: F401
 
-_NAME = re.compile(r"ckpt-(\d+)\.weights\.h5$")
-DAMAGED_INFIX = ".damaged"
+DAMAGED_INFIX = run_dir.DAMAGED_INFIX
 _save_attempts = itertools.count()
 # Before the optimizer is built its slots are estimated as two per trainable weight (LARS and momentum
 # have one, Adam two); the h5 file adds its metadata on top (~3% for small models, measured).
 UNBUILT_SLOTS_PER_WEIGHT = 2
 H5_OVERHEAD = 1.1
-
-
-def checkpoint_path(model_dir, step):
-    return os.path.join(model_dir, f"ckpt-{int(step):08d}.weights.h5")
-
-
-def list_checkpoints(model_dir):
-    """`[(step, path), ...]` of the complete checkpoints in `model_dir`, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(model_dir, "ckpt-*.weights.h5")):
-        match = _NAME.search(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(model_dir):
-    """`(step, path)` of the newest checkpoint, or None."""
-    found = list_checkpoints(model_dir) if model_dir and os.path.isdir(model_dir) else []
-    return found[-1] if found else None
 
 
 def _fsync(path):
@@ -65,25 +44,6 @@ def _fsync(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class DiskFullError(ConfigError):
-    """The filesystem of model_dir ran out of space; the message names the directory and the space needed."""
-
-
-def is_disk_full(error):
-    """Whether `error` (an OSError, h5py's OSError or a TensorFlow error) says the disk is full."""
-    if getattr(error, "errno", None) == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(error) or type(error).__name__ == "ResourceExhaustedError"
-
-
-def disk_full_error(directory, needed, what, keep_flag="--keep_checkpoint_max"):
-    free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
-    return DiskFullError(
-        f"No space left in {directory} for {what}: it needs about {needed / 2**20:.1f} MiB, "
-        f"{free / 2**20:.1f} MiB are free. The previous files there are intact; free some space (or point "
-        f"--model_dir at a larger disk, or lower {keep_flag}) and run the same command again.")
 
 
 def _filter_disk_full_reports():
@@ -124,7 +84,7 @@ def save(model, model_dir, step, keep_max):
     if shutil.disk_usage(model_dir).free < needed:
         raise disk_full_error(model_dir, needed, f"the checkpoint of step {int(step)}")
     # A name of its own per attempt: an interrupted save may still hold its file open.
-    partial = final.replace(".weights.h5", f".partial-{os.getpid()}-{next(_save_attempts)}.weights.h5")
+    partial = run_dir.partial_checkpoint_path(final, f"{os.getpid()}-{next(_save_attempts)}")
     disk_full = False
     try:
         with _quiet_disk_full_reports():
@@ -156,7 +116,7 @@ def save(model, model_dir, step, keep_max):
 
 def remove_partial_files(model_dir):
     """Deletes the unfinished `ckpt-*.partial*.weights.h5` a killed run left; returns their paths."""
-    leftovers = glob.glob(os.path.join(model_dir, "ckpt-*.partial*.weights.h5"))
+    leftovers = run_dir.partial_checkpoints(model_dir)
     for path in leftovers:
         os.remove(path)
     return leftovers
@@ -310,19 +270,19 @@ def restore_latest(model, model_dir, set_aside=False):
 
 
 def _set_aside(path):
-    target = path.replace(".weights.h5", f"{DAMAGED_INFIX}.weights.h5")
+    target = run_dir.damaged_checkpoint_path(path)
     for attempt in itertools.count(1):
         if not os.path.exists(target):
             break
-        target = path.replace(".weights.h5", f"{DAMAGED_INFIX}-{attempt}.weights.h5")
+        target = run_dir.damaged_checkpoint_path(path, attempt)
     os.replace(path, target)
     return target
 
 
 def _check_optimizer_restored(model, path):
     """Keras only warns when the saved optimizer state does not fit; resuming then restarts at step 0."""
-    match = _NAME.search(os.path.basename(path))
-    if getattr(model, "optimizer", None) is None or not match or int(match.group(1)) == 0:
+    step = run_dir.checkpoint_step(path)
+    if getattr(model, "optimizer", None) is None or not step:
         return
     if int(model.optimizer.iterations.numpy()) == 0:
         raise ConfigError(
