@@ -43,9 +43,9 @@ def subset_for_run(source, split: str, data: DataConfig, model_dir: str | None) 
       >>> from simclr_tf.data.sources import get_source
       >>> source = get_source("builtin_shapes", builtin_num_examples={"train": 40, "test": 8})
       >>> model_dir = tempfile.mkdtemp()
-      >>> subset = subset_for_run(source, "train", DataConfig(labels_per_class=2, seed=0), model_dir)
+      >>> subset = subset_for_run(source, "train", DataConfig(labels_per_class=2, seed=0), model_dir)  # 10 classes
       >>> len(subset.ids), tf.io.gfile.listdir(model_dir)
-      (8, ['label_subset.json'])
+      (20, ['label_subset.json'])
       >>> subset_for_run(source, "train", DataConfig(labels_per_class=2, seed=0), model_dir) == subset
       True
     """
