@@ -1,15 +1,21 @@
 """The SimCLR v2 memory (--memory_size, --memory_momentum): the step's loss with the queue against the numpy
 formula, the masked start, the moving average, what the queue holds, checkpoint and resume, the config rules,
-and 2 replicas equal 1 (the queue gathered across replicas)."""
+2 replicas equal 1 (the queue gathered across replicas), and export and fine-tuning of the online network (or,
+asked for, of the moving-average copy)."""
 import dataclasses
+import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf import checkpoints, export, pretrained, train
 from simclr_tf import config as config_lib
+from simclr_tf.models.classifier import build_classifier
 from simclr_tf.models.heads import ProjectionHead
+from simclr_tf.models.memory import momentum_network
 from simclr_tf.models.simclr import SimCLRModel
 from tests.subprocess_runner import run_with_devices
 from tests.test_cached_step import batch, small_encoder
@@ -191,3 +197,98 @@ def test_two_replicas_hold_the_global_queue_and_match_one():
     scale = np.linalg.norm(queue_1, axis=1)
     assert np.all(distances.min(axis=1) <= 1e-4 * scale)
     assert sorted(distances.argmin(axis=1)) == list(range(len(queue_2)))  # One to one.
+
+
+@pytest.fixture(scope="module")
+def memory_run(tmp_path_factory):
+    """(model, model_dir, export path): a run with a memory of momentum 0.99 after 2 steps at a large learning
+    rate, so the copy lags the online network; its model_dir holds a checkpoint, model_config.json, an export."""
+    model = memory_model(momentum=0.99)
+    for seed in range(2):
+        step(model, seed)
+    model_dir = str(tmp_path_factory.mktemp("memory_run"))
+    checkpoints.save(model, model_dir, 2, keep_max=1)
+    pretrained.write_model_config(model, model_dir, 16)
+    return model, model_dir, export.export_run(model, model_dir, 2, image_size=16, keep_max=1)
+
+
+def eval_images(seed=5):
+    return tf.constant(batch(seed=seed)[0])
+
+
+def assert_close(actual, expected, rtol=1e-5):
+    """Equal to `rtol` of the largest value: the weights after two large steps give outputs in the hundreds."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert np.max(np.abs(actual - expected)) <= rtol * np.max(np.abs(expected))
+
+
+def network_outputs(encoder, head, images):
+    """Inference-mode features and projection of an encoder and projection head."""
+    features = encoder(images, training=False)
+    return {"final_avg_pool": features, "proj_head_output": head(features, training=False)[0]}
+
+
+def assert_online_not_copy(model, outputs):
+    online = network_outputs(model.encoder, model.projection_head, eval_images())
+    copy = network_outputs(model.memory.momentum_encoder, model.memory.momentum_head, eval_images())
+    for name in online:
+        assert_close(outputs[name], online[name])
+        assert np.max(np.abs(copy[name] - online[name])) > 1e-2 * np.max(np.abs(online[name]))
+
+
+def test_the_export_serves_the_online_network_and_holds_no_memory(memory_run):
+    """The SavedModel and model.keras of a run with a memory hold the online network only: outputs of the online
+    encoder and head (not the copy's), and neither the queue nor the copy's weights. Before, model.keras carried
+    the whole memory, e.g. 65536 x 128 floats and a second encoder for the R152 flag file."""
+    model, _, path = memory_run
+    assert_online_not_copy(model, export.load_exported(path)(eval_images(), training=False))
+    assert_online_not_copy(model, export.keras_layer(path, trainable=False)(eval_images()))
+    online_parts = [model.encoder, model.projection_head, model.supervised_head]
+    saved = export.load_exported(path)
+    assert len(saved.variables) == sum(len(part.weights) for part in online_parts)
+    assert len(saved.trainable_variables) == sum(len(part.trainable_weights) for part in online_parts)
+    assert not [v.name for v in saved.variables if "memory" in v.name or "momentum" in v.name]
+
+    saved_keras = keras.saving.load_model(os.path.join(path, export.MODEL_FILE), compile=False)
+    assert saved_keras.memory is None and saved_keras.get_config()["memory_size"] == 0
+    assert len(saved_keras.weights) == sum(len(part.weights) for part in online_parts)
+    for loaded, original in zip(saved_keras.weights, [w for part in online_parts for w in part.weights]):
+        np.testing.assert_array_equal(loaded.numpy(), original.numpy(), err_msg=original.path)
+    assert model.memory is not None and int(model.memory.count.numpy()) == 32  # The model itself kept its memory.
+
+
+def test_fine_tuning_and_export_mode_start_from_the_online_encoder(memory_run, tmp_path):
+    """--checkpoint for fine-tuning (the run's newest checkpoint, or its export) gives a classifier on the online
+    encoder; --mode=export of the run (from its checkpoint) exports the online network."""
+    model, model_dir, path = memory_run
+    for source in (model_dir, path):
+        classifier = build_classifier(pretrained.load_trained_model(source), num_classes=4, image_size=16)
+        for tuned, online in zip(classifier.encoder.weights, model.encoder.weights):
+            np.testing.assert_array_equal(tuned.numpy(), online.numpy(), err_msg=f"{source}: {online.path}")
+        assert_online_not_copy(model, {"final_avg_pool": classifier.encoder(eval_images(), training=False),
+                                       "proj_head_output": model.projection_head(
+                                           classifier.encoder(eval_images(), training=False))[0]})
+    run_copy = str(tmp_path / "run")
+    shutil.copytree(model_dir, run_copy)
+    cfg = config_lib.Config(train=config_lib.TrainConfig(model_dir=run_copy, mode="export"))
+    result = train.export(cfg)
+    assert result["global_step"] == 2
+    assert_online_not_copy(model, export.load_exported(result["export_dir"])(eval_images(), training=False))
+
+
+def test_the_moving_average_copy_exports_through_momentum_network(tmp_path, memory_run):
+    """The README's snippet, `export_saved_model(momentum_network(load_trained_model(model_dir)), ...)`, serves
+    the copy: its outputs are the copy's, and its encoder and head are trainable (fine-tunable through the
+    export)."""
+    model, model_dir, _ = memory_run
+    path = str(tmp_path / "ema_export")
+    export.export_saved_model(momentum_network(pretrained.load_trained_model(model_dir)), path, image_size=16)
+    copy = network_outputs(model.memory.momentum_encoder, model.memory.momentum_head, eval_images())
+    outputs = export.load_exported(path)(eval_images(), training=False)
+    for name in copy:
+        assert_close(outputs[name], copy[name])
+    saved = export.load_exported(path)
+    assert len(saved.trainable_variables) == sum(
+        len(part.trainable_weights) for part in (model.encoder, model.projection_head, model.supervised_head))
+    with pytest.raises(ValueError, match="has no memory"):
+        momentum_network(SimCLRModel(small_encoder(True), ProjectionHead(num_layers=2, out_dim=8)))

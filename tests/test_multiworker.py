@@ -1,6 +1,8 @@
 """Real multi-worker training: worker processes on 127.0.0.1 with TF_CONFIG under MultiWorkerMirroredStrategy.
 
 - Two workers take the same steps as one process on the same global batch, and only the chief checkpoints.
+- So do two workers with cached-gradient steps (--contrastive_chunks) and the SimCLR v2 memory, whose queue
+  and moving-average copy are the same on both workers.
 - A worker killed mid-run (SIGKILL) after a checkpoint exists: the whole job, restarted with the same
   commands, resumes from the newest checkpoint's step and finishes at the requested step.
 - Without --seed, two workers reading an image folder or TFDS record files train on disjoint shares that
@@ -171,6 +173,114 @@ def test_two_workers_take_the_same_steps_as_one_process(tmp_path):
                                    err_msg=path)
         largest_step = max(largest_step, float(np.max(np.abs(b - start))))
     assert largest_step > 1e-2  # The steps were large compared with the tolerances.
+
+
+MEMORY_SIZE = 32  # 2 x 2 x GLOBAL_BATCH: each write replaces a whole older batch, the third wraps around.
+# Ghost batch norm groups the images of a chunk. On 2 replicas of 4 images in 2 chunks, chunk j is the local rows
+# 2j, 2j+1 of each replica, and global BN normalizes the global rows {2j, 2j+1, 4+2j, 5+2j} together. One replica
+# in 2 chunks of 4 groups the same images when it reads each global batch in this order.
+ONE_REPLICA_ORDER = [0, 1, 4, 5, 2, 3, 6, 7]
+
+
+def train_chunks_and_memory(strategy):
+    """STEPS steps of a tiny SimCLR model (ResNet-18 x 0.125, 16 px, global BN, online probe) with
+    contrastive_chunks=2 and a memory of MEMORY_SIZE (momentum 0.9) on fixed views and labels.
+
+    With 2 replicas, worker i takes the i-th half of each global batch; one replica reads each global batch in
+    ONE_REPLICA_ORDER. Returns the per-step losses, the weights (online and copy), the queue and its count."""
+    from simclr_tf import distribute, optimizers
+    from simclr_tf.models.heads import ProjectionHead
+    from simclr_tf.models.resnet import ResNet
+    from simclr_tf.models.simclr import SimCLRModel
+
+    rng = np.random.default_rng(2)
+    views = rng.random((2, GLOBAL_BATCH * STEPS, 16, 16, 3), dtype=np.float32)
+    views[:, ::2] += 1.0  # Chunks with different statistics.
+    labels = rng.integers(0, 4, GLOBAL_BATCH * STEPS).astype(np.int32)
+    if strategy.num_replicas_in_sync == 1:
+        order = np.concatenate([step * GLOBAL_BATCH + np.array(ONE_REPLICA_ORDER) for step in range(STEPS)])
+        views, labels = views[:, order], labels[order]
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
+        dataset = tf.data.Dataset.from_tensor_slices(((views[0], views[1]), labels)).batch(per_replica)
+        return dataset.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+    if strategy.num_replicas_in_sync == 1:
+        dataset = dataset_fn(tf.distribute.InputContext())
+    else:
+        dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = SimCLRModel(ResNet(depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=True),
+                            ProjectionHead(num_layers=2, out_dim=8), num_classes=4, temperature=0.5,
+                            weight_decay=1e-4, contrastive_chunks=2, memory_size=MEMORY_SIZE,
+                            memory_momentum=0.9)
+        model(tf.zeros([1, 16, 16, 3]))
+        model.compile(optimizer=optimizers.build_optimizer("lars", 0.2, weight_decay=1e-4))
+    distribute.prepare_multi_worker_fit(model, strategy)
+    weights = [w for w in model.weights if w.path not in (model.memory.queue.path, model.memory.count.path)]
+    initial = [w.numpy().tolist() for w in weights]
+    losses = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: losses.append(
+        [float(np.asarray(logs[name])) for name in ("contrast_loss", "supervised_loss")]))
+    model.fit(dataset, epochs=STEPS, steps_per_epoch=1, verbose=0, callbacks=[record])
+    return {"losses": losses, "initial": initial, "weights": [w.numpy().tolist() for w in weights],
+            "paths": [w.path for w in weights], "queue": model.memory.queue.numpy().tolist(),
+            "count": int(model.memory.count.numpy())}
+
+
+CHUNKS_AND_MEMORY_WORKER_CODE = f"""
+import json
+from simclr_tf import distribute
+from simclr_tf.config import DistributeConfig
+from tests.test_multiworker import train_chunks_and_memory
+strategy = distribute.build_strategy(DistributeConfig())
+result = train_chunks_and_memory(strategy)
+result.update(replicas=strategy.num_replicas_in_sync)
+print("{_MARK}" + json.dumps(result), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_with_cached_chunks_and_a_memory_take_one_process_steps(tmp_path):
+    """Two workers x 1 CPU, contrastive_chunks=2 and a memory: NT-Xent over the global batch, chunk batch norm
+    across workers, the queue filled with the global batch. The losses and weights of 3 steps equal one replica's
+    on the same global batches (read in ONE_REPLICA_ORDER, so its chunks hold the same images); both workers hold
+    identical weights, copy and queue, whose rows are one replica's queue's rows (in another order)."""
+    ports = free_ports(2)
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    workers = [start_worker([sys.executable, "-c", CHUNKS_AND_MEMORY_WORKER_CODE], ports, index, logs[index])
+               for index in range(2)]
+    try:
+        one_process = train_chunks_and_memory(tf.distribute.get_strategy())
+    finally:
+        codes = wait_all(workers, timeout=300)
+    assert codes == [0, 0], [open(log).read()[-3000:] for log in logs]
+    reports = [report_of(log) for log in logs]
+    assert [r["replicas"] for r in reports] == [2, 2]
+
+    for name in ("weights", "queue"):  # Every worker holds the same weights, copy and queue.
+        for a, b in zip(reports[0][name], reports[1][name]):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert reports[0]["count"] == one_process["count"] == STEPS * 2 * GLOBAL_BATCH
+    np.testing.assert_allclose(reports[0]["losses"], one_process["losses"], rtol=1e-5)
+    assert reports[0]["paths"] == one_process["paths"]
+    largest_step = 0.0
+    # Float32 summation order differs (all-reduce, global BN over 2 processes): kernels, moving averages and the
+    # copy agree to < 1e-5 here, the batch-norm parameters (LARS steps them without a trust ratio, by up to 1.0)
+    # to 2.3e-5 (measured); the losses to 3e-6 relative and the queues' rows to 3e-6.
+    for path, a, b in zip(one_process["paths"], reports[0]["weights"], one_process["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 if path.endswith("kernel") else 5e-5, err_msg=path)
+    for start, end in zip(one_process["initial"], one_process["weights"]):
+        largest_step = max(largest_step, float(np.max(np.abs(np.asarray(end) - np.asarray(start)))))
+    assert largest_step > 1e-2  # The steps were large compared with the tolerances.
+
+    # The queues hold the same keys, in replica order on the workers: every row matches one row of the other.
+    queue_workers, queue_one = np.asarray(reports[0]["queue"]), np.asarray(one_process["queue"])
+    distances = np.linalg.norm(queue_one[:, None, :] - queue_workers[None, :, :], axis=-1)
+    assert np.all(distances.min(axis=1) <= 1e-5 * np.linalg.norm(queue_one, axis=1))
+    assert sorted(distances.argmin(axis=1)) == list(range(MEMORY_SIZE))
 
 
 STEP_RANGE = re.compile(r"steps (\d+)\.\.(\d+)")

@@ -11,6 +11,10 @@ softmax weight) until `size` projections have been enqueued, so the first step i
 are written in global-batch order (replica by replica), so choose a size that is a multiple of 2 x the global
 batch: then each write replaces whole older batches and the queue's content does not depend on the number of
 replicas. Queue, write count and the copy's weights are variables of the model, so checkpoints carry them.
+
+Exports serve one network: `online_network(model)` (what `export.export_saved_model` writes for a model with a
+memory: the online weights, no queue, no copy) or `momentum_network(model)` (the moving-average copy, to
+export or evaluate it instead).
 """
 import keras
 import tensorflow as tf
@@ -32,6 +36,7 @@ class MomentumMemory(keras.layers.Layer):
 
     def build_from(self, encoder, projection_head, image_shape):
         """Builds the copy on `image_shape` inputs with the online weights, and the empty queue."""
+        self.image_shape = tuple(image_shape)
         zeros = tf.zeros([1] + list(image_shape))
         projection, _ = self.momentum_head(self.momentum_encoder(zeros))
         # After building: sublayers made in build() take the flag too. No gradient, no optimizer slot.
@@ -93,3 +98,37 @@ class MomentumMemory(keras.layers.Layer):
         slots = (self.count + tf.range(num_keys, dtype=tf.int64)) % self.size
         self.queue.assign(tf.tensor_scatter_nd_update(tf.convert_to_tensor(self.queue), slots[:, None], keys))
         self.count.assign(self.count + num_keys)
+
+
+def online_network(model):
+    """`model` (a `SimCLRModel`) without its memory: a copy whose encoder, projection head and probe hold the
+    online weights (frozen layers stay frozen), with no queue and no moving-average copy. `model` itself when
+    it has no memory."""
+    if getattr(model, "memory", None) is None:
+        return model
+    return _without_memory(model, model.encoder, model.projection_head, keep_frozen=True)
+
+
+def momentum_network(model):
+    """A copy of `model` (a `SimCLRModel` with a memory) without its memory, whose encoder and projection head
+    hold the moving-average copy's weights (batch-norm statistics included) and are trainable; the probe, if
+    any, is the online one. Export it with `export.export_saved_model` to serve the EMA network."""
+    if getattr(model, "memory", None) is None:
+        raise ValueError("This model has no memory (memory_size=0), so it has no moving-average copy to take.")
+    return _without_memory(model, model.memory.momentum_encoder, model.memory.momentum_head, keep_frozen=False)
+
+
+def _without_memory(model, encoder, projection_head, keep_frozen):
+    if not model.memory.built:
+        raise ValueError("The model's memory is not built yet: call the model on a batch of images first.")
+    copy = type(model).from_config(dict(model.get_config(), memory_size=0))
+    copy(tf.zeros((1,) + model.memory.image_shape))
+    pairs = [(copy.encoder, encoder, model.encoder), (copy.projection_head, projection_head, model.projection_head)]
+    if model.supervised_head is not None:
+        pairs.append((copy.supervised_head, model.supervised_head, model.supervised_head))
+    for target, source, online in pairs:
+        target.set_weights(source.get_weights())
+        if keep_frozen:  # Same structure as the online part: its layers in the same order.
+            for copied, original in zip(target._flatten_layers(), online._flatten_layers()):
+                copied.trainable = original.trainable
+    return copy

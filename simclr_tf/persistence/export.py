@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from simclr_tf.config import ConfigError
+from simclr_tf.models.memory import online_network
 from simclr_tf.models.resnet import ENDPOINT_NAMES
 from simclr_tf.persistence import atomic
 from simclr_tf.persistence import disk_space
@@ -218,6 +219,7 @@ def export_saved_model(model, export_dir, image_size):
     if int(image_size) < 1:
         raise ConfigError(f"image_size must be a positive number of pixels, got {image_size!r}.")
     image_size = int(image_size)
+    model = online_network(model)  # A pretraining memory (queue, moving-average copy) serves nothing here.
     with _local_batch_norm(model), _absl_verbosity_kept():
         exported = _reusable_saved_model(model, image_size)
         serving = getattr(exported, CALL_ENDPOINT).get_concrete_function()
