@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from simclr_tf.config import ConfigError
 
-from simclr_tf.data.sources import ImageSource, SourceInfo, worker_share
+from simclr_tf.data.source_base import ImageSource, SourceInfo, worker_share
 
 NAME = "builtin_shapes"
 IMAGE_SIZE = 32

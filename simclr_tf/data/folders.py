@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf.config import ConfigError
-from simclr_tf.data.sources import CORRUPT_IMAGE_POLICIES, UNLABELED, ImageSource, SourceInfo, worker_share
+from simclr_tf.data.source_base import CORRUPT_IMAGE_POLICIES, UNLABELED, ImageSource, SourceInfo, worker_share
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "test", "validation", "val")

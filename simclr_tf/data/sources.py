@@ -10,6 +10,10 @@ The input pipelines shuffle, augment and batch them; `get_source` picks the sour
     ids, labels = source.labels_and_ids("train")        # without decoding images, for label subsets
     source.subset_dataset("train", ids[:100])           # only those examples, dropped before decoding
 
+This module holds the TFDS source and `get_source`; the interface the sources share (`ImageSource`,
+`SourceInfo`, `worker_share`, ...) is in `source_base`, re-exported here, and the built-in data and image
+folders are in `builtin` and `folders`.
+
 Under several workers (`input_context` of more than one input pipeline) each source gives a worker only its
 share of a split, chosen before anything is read or decoded: TFDS shards its record files over the workers
 (`tfds.ReadConfig(input_context=...)`), an image folder its file list, the built-in data its array indices.
@@ -17,7 +21,6 @@ A split of fewer TFDS files than workers is read whole by every worker in an ord
 with the `seed` they share) and split by element after that, before decoding. Over one epoch the workers
 together read each example once.
 """
-import dataclasses
 import difflib
 import os
 
@@ -26,103 +29,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_tf import config as config_lib
 from simclr_tf.config import ConfigError
-from simclr_tf.data import subsets
+from simclr_tf.data import builtin, folders, subsets
+# The shared types, exported here too: `sources.ImageSource`, `sources.worker_share`, ...
+from simclr_tf.data.source_base import (CORRUPT_IMAGE_POLICIES, UNLABELED, ImageSource, SourceInfo,
+                                        ids_and_labels, pipeline_share, worker_share)
+
+__all__ = ["BUILTIN_DATASETS", "CORRUPT_IMAGE_POLICIES", "UNLABELED", "ImageSource", "SourceInfo", "TfdsSource",
+           "check_tfds_name", "get_source", "pipeline_share", "worker_share"]
 
 BUILTIN_DATASETS = ("builtin_shapes",)
-CORRUPT_IMAGE_POLICIES = config_lib.CORRUPT_IMAGE_POLICIES
-UNLABELED = subsets.UNLABELED  # -1, the label of an unlabeled example
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceInfo:
-    """What the pipelines need to know about a source before reading it."""
-    name: str
-    num_classes: int  # 0 for unlabeled data
-    num_examples: dict  # split name -> number of examples
-    image_shape: tuple | None  # (H, W, 3) when every image has the same size, else None
-
-
-def pipeline_share(input_context) -> tuple[int, int]:
-    """`(number of input pipelines, this one's index)` of a `tf.distribute.InputContext` (or None: (1, 0))."""
-    if input_context is None:
-        return 1, 0
-    return int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
-
-
-def worker_share(items, input_context, what):
-    """This input pipeline's share of a sequence: every n-th item from its index (all of them for one).
-
-    The shares of the n pipelines are disjoint and together hold every item once. Raises ConfigError when
-    there are fewer items than pipelines, since a worker without data would stall the others.
-    """
-    count, index = pipeline_share(input_context)
-    if count == 1:
-        return items
-    if len(items) < count:
-        raise ConfigError(f"{what} has {len(items)} examples, fewer than the {count} workers reading it, so "
-                          "some workers would get none. Use more data or fewer workers.")
-    return items[index::count]
-
-
-class ImageSource:
-    """Base class of the sources: `info`, `class_names` and one epoch of examples per split."""
-
-    info: SourceInfo
-    class_names: tuple = ()
-
-    def dataset(self, split: str, shuffle_files: bool = False, seed: int | None = None,
-                input_context=None) -> tf.data.Dataset:
-        """Unbatched examples {"image", "label", "id"} of one epoch of `split`.
-
-        With a `tf.distribute.InputContext` of several input pipelines, only this pipeline's share, chosen
-        before reading (see the module docstring).
-        """
-        raise NotImplementedError
-
-    def subset_dataset(self, split: str, example_ids, shuffle_files: bool = False,
-                       seed: int | None = None, input_context=None) -> tf.data.Dataset:
-        """Like `dataset`, with only the examples whose id is in `example_ids`.
-
-        This default filters `dataset(split)`; sources that can drop examples before decoding them
-        override it.
-        """
-        return subsets.filter_to_ids(
-            self.dataset(split, shuffle_files=shuffle_files, seed=seed, input_context=input_context),
-            example_ids)
-
-    def labels_and_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """`(ids, labels)` of every example of `split` in a fixed order: ids int64 or str, labels int64.
-
-        This default reads `dataset(split)`, decoding every image; the sources override it with a listing
-        that does not decode images.
-        """
-        ds = self.dataset(split).map(lambda example: (example["id"], example["label"]))
-        return _concatenate_batches(ds)
-
-    def num_examples(self, split: str) -> int:
-        """Number of examples in `split`; raises ValueError naming the available splits."""
-        self.check_split(split)
-        return self.info.num_examples[split]
-
-    def check_split(self, split: str) -> None:
-        if split not in self.info.num_examples:
-            raise ConfigError(
-                f"Dataset {self.info.name!r} has no split {split!r}. Available splits: "
-                f"{sorted(self.info.num_examples)}; pass one of them as --train_split/--eval_split.")
-
-
-def _concatenate_batches(id_label_dataset, batch_size=8192):
-    """`(ids, labels)` numpy arrays from a dataset of `(id, label)` scalars; string ids become str."""
-    ids, labels = [np.zeros([0], np.int64)], [np.zeros([0], np.int64)]
-    for id_batch, label_batch in id_label_dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
-        ids.append(id_batch)
-        labels.append(label_batch.astype(np.int64))
-    if id_label_dataset.element_spec[0].dtype == tf.string:
-        ids = [np.array([i.decode("utf-8") for i in batch.tolist()], dtype=str) for batch in ids[1:]]
-        ids = ids or [np.zeros([0], str)]
-    return np.concatenate(ids), np.concatenate(labels)
 
 
 def _to_rgb(image):
@@ -199,7 +115,7 @@ class TfdsSource(ImageSource):
         ds = self._records(split, shuffle_files=False, seed=None, decode_images=False)
         ds = ds.map(lambda example: (example[self._id_key], self._label(example)),
                     num_parallel_calls=tf.data.AUTOTUNE)
-        return _concatenate_batches(ds)
+        return ids_and_labels(ds)
 
     def _records(self, split, shuffle_files, seed, decode_images=True, input_context=None):
         """The TFDS examples of `split` (this input pipeline's share of them, see the module docstring);
@@ -290,9 +206,6 @@ def get_source(dataset: str, data_dir: str | None = None, train_split: str | Non
       ...     print(example["id"].numpy().decode(), example["label"].numpy(), example["image"].shape)
       cat/0.png 0 (24, 20, 3)
     """
-    # The built-in and folder sources import ImageSource from this module, so they are imported here.
-    from simclr_tf.data import builtin, folders
-
     if corrupt_images not in CORRUPT_IMAGE_POLICIES:
         raise ConfigError(f"corrupt_images={corrupt_images!r} is not one of {list(CORRUPT_IMAGE_POLICIES)}.")
     if dataset in BUILTIN_DATASETS:
