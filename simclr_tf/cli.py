@@ -63,8 +63,9 @@ def run_main(argv):
             from simclr_tf.knn import comparison_table
 
             print("\n".join(comparison_table(result)))
-        what = "Linear probe" if cfg.train.train_mode == "pretrain" else "Classifier"
-        print(f"{what} on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
+        from simclr_tf.tasks import task_class
+
+        print(f"{task_class(cfg).evaluation_name} on {cfg.data.eval_split}: top-1 {result['top_1_accuracy']:.4f}, "
               f"top-5 {result['top_5_accuracy']:.4f} at step {result['global_step']}")
         if "random_encoder_probe_top_1" in result:
             print(f"Offline linear probe on frozen features, top-1: pretrained encoder "

@@ -6,7 +6,10 @@
 - distill: `DistillationModel` whose student learns the predictions of `--teacher_checkpoint` on every
   image; the known labels (of the subset, if one is drawn) can be mixed in.
 
-`task_for(cfg, source)` picks the task; `train.py` does the rest the same way for all of them.
+A task also says what else differs: how the log names the run, what the evaluation measures, whether the
+representation is watched (kNN monitor, projector), how `--checkpoint` is used and what a resume rebuilds.
+`task_for(cfg, source)` picks the task (the one place that looks at `--train_mode`); `train.py` does the
+rest the same way for all of them, asking the task where they differ.
 """
 import os
 
@@ -22,12 +25,41 @@ from simclr_tf.persistence import pretrained as pretrained_lib
 
 
 class Task:
-    """Base class: holds the config and source; `model_dir` state is written by `prepare`."""
+    """Base class: holds the config and source; `model_dir` state is written by `prepare`.
+
+    Constructing a task checks that it can run `--mode` on the source's data (ConfigError otherwise).
+    """
+
+    #: How the log names the run: "Pretraining steps 0..100, checkpoint every 10 steps."
+    progress_name = ""
+    #: What the evaluation's top-1/top-5 accuracy is of, as the command line reports it.
+    evaluation_name = ""
+    #: Whether the run watches the encoder's features themselves: the kNN monitor (--knn_eval_epochs), the
+    #: TensorBoard projector (--projector_examples) and the random-encoder baselines (--random_encoder_baseline).
+    #: A classifier is judged by its own accuracy.
+    watches_representation = False
+    #: Whether --checkpoint gives the starting weights of a model built from the flags, read when model_dir
+    #: has no checkpoint yet (pretraining; the classifiers read it while building their model instead).
+    checkpoint_sets_initial_weights = False
+    #: Whether a run resuming from model_dir's checkpoints rebuilds the model recorded there
+    #: (model_config.json), whose architecture came from --checkpoint, instead of building it anew.
+    resume_rebuilds_recorded_model = False
+    #: Whether the model trains the online linear probe beside its own loss.
+    probe = False
 
     def __init__(self, cfg: Config, source):
         self.cfg = cfg
         self.source = source
         self.num_train_examples = source.num_examples(cfg.data.train_split)
+
+    @classmethod
+    def uses_labels(cls, cfg: Config) -> bool:
+        """Whether the run trains or evaluates on the labels (its accuracy means something only then)."""
+        raise NotImplementedError
+
+    def augmented_views(self, count):
+        """A few of the training inputs' view pairs for TensorBoard, or None when there are no pairs."""
+        return None
 
     def prepare(self, model_dir):
         """Called once before the model is built (e.g. to draw and record a labelled subset)."""
@@ -43,9 +75,28 @@ class Task:
 
 
 class PretrainTask(Task):
-    def __init__(self, cfg, source, probe):
+    progress_name = "Pretraining"
+    evaluation_name = "Linear probe"
+    watches_representation = True
+    checkpoint_sets_initial_weights = True
+
+    def __init__(self, cfg, source):
         super().__init__(cfg, source)
-        self.probe = probe
+        wanted = cfg.train.lineareval_while_pretraining
+        self.probe = wanted and source.info.num_classes > 0
+        if wanted and not self.probe:
+            logging.warning("%s has no labels: the online linear probe is off and there is no accuracy "
+                            "to report; pretraining runs as usual.", cfg.data.dataset)
+        if cfg.train.mode != "train" and not self.probe:
+            raise ConfigError(
+                f"--mode={cfg.train.mode} reports the linear probe's accuracy, but "
+                + ("--lineareval_while_pretraining is off" if source.info.num_classes else
+                   f"{cfg.data.dataset} has no labels")
+                + ". Use --mode=train, or labelled data with --lineareval_while_pretraining.")
+
+    @classmethod
+    def uses_labels(cls, cfg):
+        return cfg.train.lineareval_while_pretraining
 
     def build_model(self):
         cfg = self.cfg
@@ -62,11 +113,20 @@ class PretrainTask(Task):
             strategy, pipelines.build_pretrain_dataset, cfg.train.train_batch_size,
             source=self.source, split=cfg.data.train_split, data=cfg.data, seed=cfg.data.seed)
 
+    def augmented_views(self, count):
+        return pipelines.sample_views(self.source, self.cfg.data.train_split, self.cfg.data, count)
+
 
 class _ClassifierTask(Task):
     """Shared by fine-tuning and distillation: the labelled subset and the classifier on an encoder."""
 
+    evaluation_name = "Classifier"
+    resume_rebuilds_recorded_model = True
     keep_unlabelled = False
+
+    @classmethod
+    def uses_labels(cls, cfg):
+        return True
 
     def __init__(self, cfg, source):
         super().__init__(cfg, source)
@@ -123,11 +183,14 @@ class _ClassifierTask(Task):
 
 
 class FinetuneTask(_ClassifierTask):
+    progress_name = "Fine-tuning"
+
     def build_model(self):
         return self.build_classifier()
 
 
 class DistillTask(_ClassifierTask):
+    progress_name = "Distilling"
     keep_unlabelled = True
 
     def build_model(self):
@@ -146,9 +209,14 @@ class DistillTask(_ClassifierTask):
         return model.student
 
 
-def task_for(cfg: Config, source, probe=False) -> Task:
-    if cfg.train.train_mode == "finetune":
-        return FinetuneTask(cfg, source)
-    if cfg.train.train_mode == "distill":
-        return DistillTask(cfg, source)
-    return PretrainTask(cfg, source, probe)
+TASKS = {"pretrain": PretrainTask, "finetune": FinetuneTask, "distill": DistillTask}  # by --train_mode
+
+
+def task_class(cfg: Config) -> type[Task]:
+    """The task class of `--train_mode`, for what it says before a run has its data (e.g. `uses_labels`)."""
+    return TASKS[cfg.train.train_mode]
+
+
+def task_for(cfg: Config, source) -> Task:
+    """The task of `--train_mode` on `source`; raises ConfigError when it cannot run `--mode` on that data."""
+    return task_class(cfg)(cfg, source)

@@ -126,22 +126,10 @@ class RunContext:
         self.source = sources.get_source(
             cfg.data.dataset, data_dir=cfg.data.data_dir, train_split=cfg.data.train_split,
             eval_split=cfg.data.eval_split, corrupt_images=cfg.data.corrupt_images)
-        info = self.source.info
         _check_data_for_evaluation(cfg, self.source)
-        pretraining = cfg.train.train_mode == "pretrain"
-        self.probe = pretraining and cfg.train.lineareval_while_pretraining and info.num_classes > 0
-        if pretraining and cfg.train.lineareval_while_pretraining and not self.probe:
-            logging.warning("%s has no labels: the online linear probe is off and there is no accuracy "
-                            "to report; pretraining runs as usual.", cfg.data.dataset)
-        if pretraining and cfg.train.mode != "train" and not self.probe:
-            raise config_lib.ConfigError(
-                f"--mode={cfg.train.mode} reports the linear probe's accuracy, but "
-                + ("--lineareval_while_pretraining is off" if info.num_classes else
-                   f"{cfg.data.dataset} has no labels")
-                + ". Use --mode=train, or labelled data with --lineareval_while_pretraining.")
-        self.knn = self._knn_evaluator(pretraining)
+        self.task = tasks.task_for(cfg, self.source)  # refuses a --mode it cannot run on this data
+        self.knn = self._knn_evaluator()
         self.knn_monitor = None  # set by train(); evaluate() reuses its result of the same step
-        self.task = tasks.task_for(cfg, self.source, probe=self.probe)
         self.task.prepare(cfg.train.model_dir)
         self.num_train_examples = self.task.num_train_examples
         self.total_steps = optimizers.total_train_steps(
@@ -165,10 +153,10 @@ class RunContext:
                                jit_compile=cfg.train.jit_compile)
         distribute.prepare_multi_worker_fit(self.model, self.strategy)
 
-    def _knn_evaluator(self, pretraining):
+    def _knn_evaluator(self):
         """The kNN monitor's evaluator (--knn_eval_epochs), or None."""
         train_cfg, info = self.cfg.train, self.source.info
-        if not (pretraining and train_cfg.knn_eval_epochs):
+        if not (self.task.watches_representation and train_cfg.knn_eval_epochs):
             return None
         if info.num_classes < 1:
             logging.warning("%s has no labels: the kNN monitor is off.", self.cfg.data.dataset)
@@ -185,7 +173,7 @@ class RunContext:
         cfg = self.cfg
         config_file = run_dir.model_config_path(cfg.train.model_dir)
         resuming = checkpoints.latest_checkpoint(cfg.train.model_dir) and os.path.isfile(config_file)
-        if resuming and cfg.train.train_mode != "pretrain":
+        if resuming and self.task.resume_rebuilds_recorded_model:
             model, _ = pretrained.model_from_config_file(config_file)
             return model
         model = self.task.build_model()
@@ -208,8 +196,7 @@ def _check_data_for_evaluation(cfg, source):
             "image folder: put evaluation images in a test/ folder beside train/ and pass "
             "--eval_split=test, or add images: about 10% of them, chosen by path, are held out as "
             "'validation'), or use --mode=train.")
-    labelled = cfg.train.train_mode != "pretrain" or cfg.train.lineareval_while_pretraining
-    if labelled and source.info.num_classes == 1:
+    if tasks.task_class(cfg).uses_labels(cfg) and source.info.num_classes == 1:
         logging.warning(
             "%s has a single class: every prediction is that class, so top-1 and top-5 accuracy are "
             "100%% whatever the model learns. For an accuracy that means something, use two or more "
@@ -254,7 +241,7 @@ def train(ctx: RunContext):
     with ctx.strategy.scope():
         # The newest checkpoint that loads; a damaged one is set aside (renamed, never deleted) on the chief.
         latest = checkpoints.restore_latest(ctx.model, model_dir, set_aside=ctx.chief)
-        if not latest and cfg.train.checkpoint and cfg.train.train_mode == "pretrain":
+        if not latest and cfg.train.checkpoint and ctx.task.checkpoint_sets_initial_weights:
             _start_pretraining_from(ctx.model, cfg.train.checkpoint)
     # Workers that resumed from different steps would train out of step: stop before the first collective.
     distribute.check_workers_agree(ctx.strategy, ctx.global_step, "the step to resume from")
@@ -267,8 +254,7 @@ def train(ctx: RunContext):
         if ctx.chief and run_record.read(model_dir) is None:
             run_record.write(ctx.recorded_cfg)
     else:
-        what = {"pretrain": "Pretraining", "finetune": "Fine-tuning", "distill": "Distilling"}
-        logging.info("%s steps %d..%d, checkpoint every %d steps.", what[cfg.train.train_mode], start,
+        logging.info("%s steps %d..%d, checkpoint every %d steps.", ctx.task.progress_name, start,
                      ctx.total_steps, interval)
         if ctx.chief:  # Reported before any step is spent: unwritable model_dir, not enough space.
             checkpoints.check_writable(model_dir, checkpoints.needed_bytes(
@@ -295,9 +281,9 @@ def train(ctx: RunContext):
         if ctx.chief:
             callbacks.append(keras.callbacks.TensorBoard(
                 log_dir=model_dir, update_freq=cfg.train.train_summary_steps or "epoch"))
-        if ctx.chief and cfg.train.train_mode == "pretrain":
-            callbacks.append(AugmentedViewsSummary(model_dir, pipelines.sample_views(
-                ctx.source, cfg.data.train_split, cfg.data, NUM_SUMMARY_VIEWS)))
+        views = ctx.task.augmented_views(NUM_SUMMARY_VIEWS) if ctx.chief else None
+        if views is not None:
+            callbacks.append(AugmentedViewsSummary(model_dir, views))
         try:
             with interrupts.steps_finish_before_stopping():
                 ctx.model.fit(ctx.task.train_dataset(ctx.strategy),
@@ -311,7 +297,7 @@ def train(ctx: RunContext):
             logging.warning("Interrupted at step %d%s; the newest checkpoint is %s.", ctx.global_step,
                             f", saved as {saved}" if saved else "", latest[1] if latest else "none")
             raise
-    if ctx.chief and cfg.train.projector_examples and cfg.train.train_mode == "pretrain":
+    if ctx.chief and cfg.train.projector_examples and ctx.task.watches_representation:
         _export_projector(ctx)
     if not ctx.chief or cfg.train.keep_hub_module_max == 0:
         return None
@@ -387,7 +373,7 @@ def evaluate(ctx: RunContext, checkpoint=None):
     result = {name: float(value) for name, value in metrics.items()}
     result.update(global_step=ctx.global_step, checkpoint=checkpoint, eval_split=cfg.data.eval_split,
                   num_eval_examples=num_eval if steps is None else steps * cfg.train.eval_batch_size)
-    if cfg.train.random_encoder_baseline:  # pretraining only (config.validate)
+    if cfg.train.random_encoder_baseline and ctx.task.watches_representation:  # config.validate: pretraining
         result.update(_offline_probes(ctx))
     if ctx.knn is not None:
         result.update(_knn_results(ctx))
