@@ -20,7 +20,7 @@ from simclr_tf.data import pipelines
 from simclr_tf.models.classifier import build_classifier
 from simclr_tf.models.distill import DistillationModel
 from simclr_tf.models.simclr import build_simclr_model
-from simclr_tf.persistence import label_subset as subsets  # the run's subset, in model_dir/label_subset.json
+from simclr_tf.persistence import label_subset
 from simclr_tf.persistence import pretrained as pretrained_lib
 
 
@@ -137,11 +137,11 @@ class _ClassifierTask(Task):
         self.subset = None
 
     def prepare(self, model_dir):
-        self.subset = subsets.subset_for_run(self.source, self.cfg.data.train_split, self.cfg.data, model_dir)
+        self.subset = label_subset.subset_for_run(self.source, self.cfg.data.train_split, self.cfg.data, model_dir)
         if self.subset is None:
             return
         logging.info("Labelled subset: %d examples (ids in %s).", len(self.subset.ids),
-                     os.path.join(model_dir, subsets.SUBSET_FILE))
+                     os.path.join(model_dir, label_subset.SUBSET_FILE))
         if not self.keep_unlabelled:
             self.num_train_examples = len(self.subset.ids)
 
