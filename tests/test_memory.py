@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf import checkpoints, export, pretrained, train
 from simclr_tf import config as config_lib
 from simclr_tf.models.classifier import build_classifier
 from simclr_tf.models.heads import ProjectionHead
 from simclr_tf.models.memory import momentum_network
 from simclr_tf.models.simclr import SimCLRModel
+from simclr_tf.persistence import checkpoints, export, modes, pretrained
 from tests.subprocess_runner import run_with_devices
 from tests.test_cached_step import batch, small_encoder
 from tests.test_losses import numpy_nt_xent, numpy_nt_xent_with_memory
@@ -189,7 +189,10 @@ def test_two_replicas_hold_the_global_queue_and_match_one():
     two = run_with_devices(REPLICA_SNIPPET, num_devices=2)
     assert one["count"] == two["count"] == 48 and len(one["queue"]) == 32
     assert one["ema_error"] < 1e-6 and two["ema_error"] < 1e-6
-    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    # Float32 rounding of 2 replicas' reductions grows over the steps: the third loss differs by 1.05e-5
+    # relative on an Intel Xeon (identical code measured under 1e-5 on an AMD EPYC); 2e-5 still fails a
+    # queue or moving-average error, which moves the losses by more than 1e-3.
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5)
 
     # Every row of one queue has a match in the other (a permutation): nearest rows within 1e-4 relative.
     queue_1, queue_2 = np.asarray(one["queue"]), np.asarray(two["queue"])
@@ -271,7 +274,7 @@ def test_fine_tuning_and_export_mode_start_from_the_online_encoder(memory_run, t
     run_copy = str(tmp_path / "run")
     shutil.copytree(model_dir, run_copy)
     cfg = config_lib.Config(train=config_lib.TrainConfig(model_dir=run_copy, mode="export"))
-    result = train.export(cfg)
+    result = modes.export(cfg)
     assert result["global_step"] == 2
     assert_online_not_copy(model, export.load_exported(result["export_dir"])(eval_images(), training=False))
 
