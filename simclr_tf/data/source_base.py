@@ -7,6 +7,10 @@ on this module, and `sources.get_source` picks one of them; this module imports 
 
 Under several workers (`input_context` of more than one input pipeline) `worker_share` gives a worker every
 n-th item of a list (files, array indices) before anything is read or decoded.
+
+Example ids: `filter_to_ids` keeps the examples whose id is in a set (a labelled subset), `unlabel_outside`
+keeps every example but sets the label of the others to `UNLABELED` (distillation). `data.subsets`, which
+chooses the subsets, re-exports them.
 """
 import dataclasses
 
@@ -15,10 +19,9 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf.config import ConfigError
-from simclr_tf.data import subsets
 
 CORRUPT_IMAGE_POLICIES = config_lib.CORRUPT_IMAGE_POLICIES
-UNLABELED = subsets.UNLABELED  # -1, the label of an unlabeled example
+UNLABELED = -1  # the label of an unlabeled example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +77,7 @@ class ImageSource:
         This default filters `dataset(split)`; sources that can drop examples before decoding them
         override it.
         """
-        return subsets.filter_to_ids(
+        return filter_to_ids(
             self.dataset(split, shuffle_files=shuffle_files, seed=seed, input_context=input_context),
             example_ids)
 
@@ -109,3 +112,57 @@ def ids_and_labels(id_label_dataset, batch_size=8192):
         ids = [np.array([i.decode("utf-8") for i in batch.tolist()], dtype=str) for batch in ids[1:]]
         ids = ids or [np.zeros([0], str)]
     return np.concatenate(ids), np.concatenate(labels)
+
+
+def as_id_array(ids) -> np.ndarray:
+    """Ids as an int64 array, or a unicode string array (bytes are decoded as UTF-8)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "iu" or (ids.size == 0 and ids.dtype.kind == "f"):  # np.asarray([]) is float
+        return ids.astype(np.int64)
+    if ids.dtype.kind == "S" or ids.dtype == object:
+        return np.array([i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in ids.tolist()],
+                        dtype=str)
+    if ids.dtype.kind == "U":
+        return ids
+    raise ConfigError(f"Example ids must be integers or strings, got dtype {ids.dtype}.")
+
+
+def id_membership(ids, id_dtype: tf.DType):
+    """A function mapping an id tensor (int or string, of dtype `id_dtype`) to whether it is in `ids`.
+
+    Backed by a `tf.lookup.StaticHashTable`, usable inside `tf.data` functions.
+    """
+    ids = as_id_array(ids)
+    if id_dtype == tf.string:
+        keys = tf.constant(ids.astype(str), tf.string)
+    elif id_dtype.is_integer:
+        if ids.size and ids.dtype.kind != "i":
+            raise ConfigError(f"The dataset's ids are integers but the subset's ids are strings "
+                              f"({ids[0]!r}, ...): the subset was chosen from another dataset. Use its "
+                              "dataset or choose a new subset.")
+        keys = tf.constant(ids, tf.int64)
+    else:
+        raise ConfigError(f"Example ids must be integers or strings, not {id_dtype.name}.")
+    if not ids.size:  # a lookup table cannot be empty
+        return lambda example_id: tf.zeros_like(example_id, tf.bool)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), default_value=0)
+    return lambda example_id: table.lookup(tf.cast(example_id, keys.dtype)) > 0
+
+
+def filter_to_ids(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
+    """Only the examples (dicts) of `dataset` whose `id_key` is one of `ids` (ints or strings)."""
+    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
+    return dataset.filter(lambda example: is_member(example[id_key]))
+
+
+def unlabel_outside(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
+    """Every example of `dataset`, with label -1 unless its id is one of `ids` (for distillation)."""
+    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
+
+    def unlabel(example):
+        label = tf.where(is_member(example[id_key]), example["label"],
+                         tf.constant(UNLABELED, example["label"].dtype))
+        return {**example, "label": label}
+
+    return dataset.map(unlabel, num_parallel_calls=tf.data.AUTOTUNE)

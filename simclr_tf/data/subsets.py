@@ -23,11 +23,12 @@ import dataclasses
 import math
 
 import numpy as np
-import tensorflow as tf
 
 from simclr_tf.config import ConfigError, DataConfig
+# The ids of a source's examples: defined beside the source interface, used and re-exported here.
+from simclr_tf.data.source_base import (UNLABELED, as_id_array, filter_to_ids, id_membership,  # noqa: F401
+                                        unlabel_outside)
 
-UNLABELED = -1  # the label of an unlabeled example; `sources.UNLABELED` is this constant
 _FORMAT_VERSION = 1
 
 
@@ -47,19 +48,6 @@ class LabelSubset:
         """What must match for a restarted run to reuse this subset."""
         return {"dataset": self.dataset, "split": self.split, "fraction": self.fraction,
                 "per_class": self.per_class, "seed": self.seed}
-
-
-def _as_id_array(ids) -> np.ndarray:
-    """Ids as an int64 array, or a unicode string array (bytes are decoded as UTF-8)."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind in "iu" or (ids.size == 0 and ids.dtype.kind == "f"):  # np.asarray([]) is float
-        return ids.astype(np.int64)
-    if ids.dtype.kind == "S" or ids.dtype == object:
-        return np.array([i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in ids.tolist()],
-                        dtype=str)
-    if ids.dtype.kind == "U":
-        return ids
-    raise ConfigError(f"Example ids must be integers or strings, got dtype {ids.dtype}.")
 
 
 def _count_to_draw(num_available, fraction, per_class, label):
@@ -93,7 +81,7 @@ def choose_labelled_subset(ids, labels, fraction: float | None = None, per_class
         raise ConfigError(f"--label_fraction={fraction} must be in (0, 1].")
     if per_class is not None and per_class <= 0:
         raise ConfigError(f"--labels_per_class={per_class} must be positive.")
-    ids, labels = _as_id_array(ids), np.asarray(labels, np.int64)
+    ids, labels = as_id_array(ids), np.asarray(labels, np.int64)
     if ids.shape != labels.shape or ids.ndim != 1:
         raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be parallel 1-D sequences.")
     if len(np.unique(ids)) != len(ids):
@@ -136,7 +124,7 @@ def to_record(subset: LabelSubset) -> dict:
         "num_examples": len(subset.ids),
         "counts_per_class": {str(label): int(count)
                              for label, count in sorted(subset.counts_per_class.items())},
-        "ids": _as_id_array(subset.ids).tolist(),  # JSON ints or strings
+        "ids": as_id_array(subset.ids).tolist(),  # JSON ints or strings
     }
 
 
@@ -184,44 +172,3 @@ def choose_for_run(source, split: str, wanted: dict) -> LabelSubset:
     ids, labels = source.labels_and_ids(split)
     return choose_labelled_subset(ids, labels, fraction=wanted["fraction"], per_class=wanted["per_class"],
                                   seed=wanted["seed"], dataset=wanted["dataset"], split=split)
-
-
-def id_membership(ids, id_dtype: tf.DType):
-    """A function mapping an id tensor (int or string, of dtype `id_dtype`) to whether it is in `ids`.
-
-    Backed by a `tf.lookup.StaticHashTable`, usable inside `tf.data` functions.
-    """
-    ids = _as_id_array(ids)
-    if id_dtype == tf.string:
-        keys = tf.constant(ids.astype(str), tf.string)
-    elif id_dtype.is_integer:
-        if ids.size and ids.dtype.kind != "i":
-            raise ConfigError(f"The dataset's ids are integers but the subset's ids are strings "
-                              f"({ids[0]!r}, ...): the subset was chosen from another dataset. Use its "
-                              "dataset or choose a new subset.")
-        keys = tf.constant(ids, tf.int64)
-    else:
-        raise ConfigError(f"Example ids must be integers or strings, not {id_dtype.name}.")
-    if not ids.size:  # a lookup table cannot be empty
-        return lambda example_id: tf.zeros_like(example_id, tf.bool)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), default_value=0)
-    return lambda example_id: table.lookup(tf.cast(example_id, keys.dtype)) > 0
-
-
-def filter_to_ids(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
-    """Only the examples (dicts) of `dataset` whose `id_key` is one of `ids` (ints or strings)."""
-    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
-    return dataset.filter(lambda example: is_member(example[id_key]))
-
-
-def unlabel_outside(dataset: tf.data.Dataset, ids, id_key: str = "id") -> tf.data.Dataset:
-    """Every example of `dataset`, with label -1 unless its id is one of `ids` (for distillation)."""
-    is_member = id_membership(ids, dataset.element_spec[id_key].dtype)
-
-    def unlabel(example):
-        label = tf.where(is_member(example[id_key]), example["label"],
-                         tf.constant(UNLABELED, example["label"].dtype))
-        return {**example, "label": label}
-
-    return dataset.map(unlabel, num_parallel_calls=tf.data.AUTOTUNE)
