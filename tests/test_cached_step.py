@@ -176,6 +176,22 @@ def test_logged_metrics_are_those_of_the_whole_batch():
     assert int(model.optimizer.iterations.numpy()) == 1
 
 
+def convolutions_in_traced_step(contrastive_chunks):
+    """Conv2D ops in the traced cached step, loop bodies (the graph's function library) included."""
+    model = tiny_model(contrastive_chunks)
+    view_1, view_2, labels = batch()
+    step = tf.function(lambda *b: model.gradients_and_updates(*b)[0])
+    graph_def = step.get_concrete_function(view_1, view_2, labels).graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return sum(node.op == "Conv2D" for node in nodes)
+
+
+def test_the_traced_step_holds_the_network_once_per_pass_whatever_the_chunks():
+    """Passes 1 and 3 loop over the chunks in the graph: 8 chunks trace no more convolutions than 2 (unrolled
+    passes would hold 4 times as many copies of the network, some 55 MB of graph each for a ResNet-18)."""
+    assert convolutions_in_traced_step(8) == convolutions_in_traced_step(2) > 0
+
+
 def test_the_nan_guard_stops_a_diverged_cached_step(tmp_path):
     """train.StopOnNonFiniteLoss reads the logged loss: a NaN weight (a diverged model) stops fit()."""
     from simclr_tf.train import NonFiniteLossError, StopOnNonFiniteLoss

@@ -104,6 +104,13 @@ class TrainingModel(keras.Model):
         """Cached chunks: the variables a training-mode forward pass updates (batch-norm moving averages)."""
         return self.non_trainable_weights
 
+    def _forward_syncs_replicas(self):
+        """Whether a training-mode forward pass all-reduces across replicas: global batch norm over several
+        replicas. Such a pass cannot run in a `tf.while_loop` body (MirroredStrategy's `merge_call`)."""
+        return num_replicas() > 1 and any(
+            isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+            for layer in self._flatten_layers())
+
     def update_eval_metrics(self, images, labels):
         raise NotImplementedError(f"{type(self).__name__} must implement update_eval_metrics(images, labels).")
 
@@ -175,7 +182,7 @@ class TrainingModel(keras.Model):
 
         gradients, updates, chunk_outputs = cached_step.cached_gradients(
             embed, batch_loss, batch, lambda: self.trainable_variables, num_chunks,
-            state_variables=self.chunk_state_variables)
+            state_variables=self.chunk_state_variables, in_graph_loop=not self._forward_syncs_replicas())
         for name in chunk_outputs[0][0]:  # Equal chunks: the batch's mean is the mean of the chunks' means.
             updates[name] = tf.add_n([chunk[name] for chunk, _ in chunk_outputs]) / num_chunks
         chunk_losses = [chunk_loss for _, chunk_loss in chunk_outputs if chunk_loss is not None]
