@@ -69,6 +69,18 @@ def _take_chunk(chunked, index):
     return chunk
 
 
+def _chunk_gradients(embed, chunk, upstream, variables):
+    """Pass 3 for one chunk: (the variables' gradients of its embeddings times `upstream`, plus those of its own
+    chunk loss; its aux values)."""
+    with tf.GradientTape() as tape:
+        embedded, chunk_loss, chunk_aux = embed(chunk)
+    targets, output_gradients = [embedded], [upstream]
+    if chunk_loss is not None:
+        targets.append(chunk_loss)
+        output_gradients.append(tf.ones_like(chunk_loss))
+    return tape.gradient(targets, variables, output_gradients=output_gradients), chunk_aux
+
+
 def cached_gradients(embed, batch_loss, batch, variables, num_chunks, state_variables=(), in_graph_loop=True):
     """Gradients of a batch loss computed chunk by chunk in three passes (see the module docstring).
 
@@ -139,13 +151,7 @@ def cached_gradients(embed, batch_loss, batch, variables, num_chunks, state_vari
         upstream = tf.gather(embedding_gradients, index)
         # Each chunk after the previous one's gradients, the first after pass 2.
         chunk = _after([upstream] + totals, take(index))
-        with tf.GradientTape() as tape:
-            embedded, chunk_loss, chunk_aux = embed(chunk)
-        targets, output_gradients = [embedded], [upstream]
-        if chunk_loss is not None:
-            targets.append(chunk_loss)
-            output_gradients.append(tf.ones_like(chunk_loss))
-        chunk_gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
+        chunk_gradients, chunk_aux = _chunk_gradients(embed, chunk, upstream, variables)
         reached[:] = [g is not None for g in chunk_gradients]
         totals = [t if g is None else t + tf.convert_to_tensor(g) for t, g in zip(totals, chunk_gradients)]
         leaves = [x for x in tf.nest.flatten(chunk_aux) if x is not None]
@@ -193,13 +199,7 @@ def _unrolled_gradients(embed, batch_loss, batch, variables, num_chunks, state_v
         # Each chunk after the previous one's gradients; the first after pass 1, through a data edge (a
         # control edge here makes grappler report a cycle and skip its graph optimizations).
         chunk = _after(previous, chunk) if i else _after_data(embeddings[-1], chunk)
-        with tf.GradientTape() as tape:
-            embedded, chunk_loss, chunk_aux = embed(chunk)
-        targets, output_gradients = [embedded], [upstream]
-        if chunk_loss is not None:
-            targets.append(chunk_loss)
-            output_gradients.append(tf.ones_like(chunk_loss))
-        chunk_gradients = tape.gradient(targets, variables, output_gradients=output_gradients)
+        chunk_gradients, chunk_aux = _chunk_gradients(embed, chunk, upstream, variables)
         total = _add(total, chunk_gradients)
         chunk_auxes.append(chunk_aux)
         previous = [g for g in chunk_gradients if g is not None]
