@@ -2,6 +2,7 @@
 
   simclr-tf --mode=train_then_eval --flagfile=flags/builtin_quickstart.flags
 """
+import gc
 import os
 import sys
 
@@ -22,10 +23,12 @@ def run_main(argv):
     import tensorflow as tf
 
     from simclr_tf import interrupts, train
+    from simclr_tf.data import folders
     from simclr_tf.persistence import checkpoints
 
     # Ctrl-C and SIGTERM (a preemption notice, `kill`, a scheduler's stop) end the run at a step boundary.
     interrupts.install_handlers()
+    exit_status = None  # set by the errors that end the run with a message
     try:
         cfg = simclr_flags.config_from_flags(flags.FLAGS)
         result = train.run(cfg)
@@ -34,7 +37,7 @@ def run_main(argv):
                    f"{flags.FLAGS.model_dir}.")
         logging.warning("%s", message)
         print(message)
-        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+        exit_status = INTERRUPTED_EXIT_CODE
     except checkpoints.DiskFullError as error:
         # One line and exit 1. Hard exit: after a write that failed for lack of space h5py may still hold
         # the file, and HDF5's cleanup at interpreter exit then crashes (SIGSEGV, exit 139).
@@ -44,15 +47,21 @@ def run_main(argv):
         os._exit(1)
     except (config_lib.ConfigError, FileNotFoundError, train.NonFiniteLossError) as error:
         logging.error("%s", error)
-        raise SystemExit(f"error: {error}") from None
+        exit_status = f"error: {error}"
     except tf.errors.InvalidArgumentError as error:
-        # A corrupt image under --corrupt_images=fail: its message names the file and the fix.
-        marker = "Corrupt or unreadable image"
-        if marker not in error.message:
+        # A corrupt image under --corrupt_images=fail: the message names the file, why, and the fix.
+        path = folders.corrupt_image_path(error.message)
+        if path is None:
             raise
-        reason = error.message[error.message.index(marker):].split("]")[0]
-        logging.error("%s", reason)
-        raise SystemExit(f"error: {reason}") from None
+        message = folders.corrupt_image_message(path)
+        logging.error("%s", message)
+        exit_status = f"error: {message}"
+    if exit_status is not None:
+        # Raised here, not inside `except`, so that the error's traceback (which holds the input pipeline's
+        # iterator) is freed now: freed at interpreter exit instead, an iterator still reading ahead can
+        # wait forever for a Python that is shutting down.
+        gc.collect()
+        raise SystemExit(exit_status)
     if result is not None and "export_dir" in result:
         print(f"Exported {result['exported_from']} (step {result['global_step']}) to {result['export_dir']}")
     elif result is not None and "outputs" in result:

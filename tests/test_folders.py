@@ -124,6 +124,57 @@ def test_fail_mode_stops_with_the_path_and_the_flag_that_skips(tmp_path, bad_nam
     assert "--corrupt_images=skip" in str(error.value)
 
 
+def test_fail_mode_runs_no_python_on_the_input_pipeline_threads(tmp_path, monkeypatch):
+    # A tf.py_function in the pipeline ran on tf.data's threads: a process exiting on the corrupt-image
+    # error, its iterator still reading ahead, then hung in the interpreter's final garbage collection
+    # (seen in CI, about 1 run in 30 here).
+    write_corrupt_files(tmp_path)
+
+    def no_python_in_the_pipeline(*args, **kwargs):
+        raise AssertionError("tf.py_function in the corrupt_images='fail' pipeline")
+
+    monkeypatch.setattr(tf, "py_function", no_python_in_the_pipeline)
+    source = folders.ImageFolderSource(str(tmp_path), corrupt_images="fail", holdout_fraction=0.0)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        read_all(source, "train")
+    path = folders.corrupt_image_path(error.value.message)
+    assert path in [os.path.join(tmp_path, "cat", "garbage.jpg"), os.path.join(tmp_path, "dog", "truncated.jpg")]
+
+
+def test_unreadable_reason_says_what_is_wrong_without_tensorflow_ops(tmp_path, monkeypatch):
+    garbage, truncated = write_corrupt_files(tmp_path)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes(png[:20])
+
+    def no_tensorflow(*args, **kwargs):
+        raise AssertionError("a TensorFlow op on tf.data's threads")
+
+    monkeypatch.setattr(tf.io, "read_file", no_tensorflow)
+    monkeypatch.setattr(tf.io, "decode_image", no_tensorflow)
+    assert folders.unreadable_reason(garbage) == (
+        "it is not a JPEG, PNG, GIF, BMP or WebP image (it starts with b'this is ')")
+    assert folders.unreadable_reason(truncated) == "its JPEG data is truncated or corrupt"
+    assert folders.unreadable_reason(str(cut_png)) == "its PNG data is truncated or corrupt"
+    assert folders.unreadable_reason(str(empty)) == "the file is empty"
+    assert folders.unreadable_reason(str(tmp_path / "gone.jpg")) == "it cannot be read (No such file or directory)"
+
+
+def test_the_corrupt_image_message_names_the_path_the_reason_and_the_fix(tmp_path):
+    bad = tmp_path / "a folder. with dots" / "x.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"nope")
+    message = folders.corrupt_image_message(str(bad))
+    assert message == (f"Corrupt or unreadable image {bad}: it is not a JPEG, PNG, GIF, BMP or WebP image "
+                       "(it starts with b'nope'). Remove or replace the file, or pass --corrupt_images=skip to "
+                       "skip unreadable images (each one is logged).")
+    pipeline_error = f"{{{{node Assert}}}} assertion failed: [Corrupt or unreadable image {bad}{folders._SKIP_HINT}]"
+    assert folders.corrupt_image_path(pipeline_error) == str(bad)
+    assert folders.corrupt_image_path("assertion failed: [something else]") is None
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(ValueError, match="No images"):

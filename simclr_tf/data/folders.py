@@ -114,14 +114,45 @@ def _public_keys(example):
     return {key: example[key] for key in ("image", "label", "id")}
 
 
-def _decode_error(path):
-    """Why `path` fails to decode, as the TensorFlow error says it (without the op decoration)."""
+# First bytes of each format `tf.io.decode_image` reads, for saying why a file did not decode.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"))
+CORRUPT_IMAGE = "Corrupt or unreadable image"
+_SKIP_HINT = (". Remove or replace the file, or pass --corrupt_images=skip to skip unreadable images "
+              "(each one is logged).")
+
+
+def unreadable_reason(path: str) -> str:
+    """Why `path` does not decode, found in plain Python (it runs on tf.data's threads: no TensorFlow op).
+
+    Running TensorFlow ops inside a `tf.py_function` of an input pipeline can deadlock on small thread
+    pools, so the reason comes from the file's first bytes: unreadable, empty, not an image format that
+    `tf.io.decode_image` reads, or a known format whose data is damaged.
+    """
     try:
-        _decode(path)
-    except tf.errors.OpError as error:
-        message = re.sub(r"^\{\{.*?\}\}\s*", "", error.message)
-        return re.sub(r"\s*\[Op:.*$", "", message, flags=re.S).strip().rstrip(".")
-    return "it could not be decoded"
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    if not head:
+        return "the file is empty"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "its WebP data is truncated or corrupt"
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return f"its {name} data is truncated or corrupt"
+    return f"it is not a JPEG, PNG, GIF, BMP or WebP image (it starts with {head[:8]!r})"
+
+
+def corrupt_image_message(path: str) -> str:
+    """The error for an unreadable image under corrupt_images="fail": the file, why, and the fix."""
+    return f"{CORRUPT_IMAGE} {path}: {unreadable_reason(path)}{_SKIP_HINT}"
+
+
+def corrupt_image_path(error_message: str) -> str | None:
+    """The path named by the input pipeline's corrupt-image error in `error_message`, or None."""
+    match = re.search(re.escape(CORRUPT_IMAGE) + r" (.+?)" + re.escape(_SKIP_HINT), error_message)
+    return match.group(1) if match else None
 
 
 class ImageFolderSource(ImageSource):
@@ -237,21 +268,18 @@ class ImageFolderSource(ImageSource):
         return tf.cond(example["decoded"], lambda: tf.constant(True), lambda: self._report(example["path"]))
 
     def _report(self, path):
-        message = tf.py_function(self._log_bad_image, [path], tf.string)
-        checks = []
         if self.corrupt_images == "fail":
-            checks.append(tf.debugging.Assert(False, [message]))
-        with tf.control_dependencies(checks):
-            return tf.equal(tf.strings.length(message), -1)  # False, after the report has run
+            # No Python here: a tf.py_function would run on tf.data's threads, and an iterator still
+            # reading ahead while the process exits on this error then waits forever for the interpreter.
+            message = tf.strings.join([CORRUPT_IMAGE, " ", path, _SKIP_HINT])
+            with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+                return tf.equal(tf.strings.length(message), -1)  # False, never reached
+        logged = tf.py_function(self._log_skipped_image, [path], tf.string)
+        return tf.equal(tf.strings.length(logged), -1)  # False, after the warning has been logged
 
-    def _log_bad_image(self, path):
+    @staticmethod
+    def _log_skipped_image(path):
         path = path.numpy().decode("utf-8")
-        reason = _decode_error(path)
-        if self.corrupt_images == "skip":
-            logging.warning("Skipping corrupt or unreadable image %s: %s (corrupt_images='skip').",
-                            path, reason)
-            return f"skipped {path}"
-        message = (f"Corrupt or unreadable image {path}: {reason}. Remove or replace the file, or pass "
-                   "--corrupt_images=skip to skip unreadable images (each one is logged).")
-        logging.error("%s", message)
-        return message
+        logging.warning("Skipping corrupt or unreadable image %s: %s (corrupt_images='skip').",
+                        path, unreadable_reason(path))
+        return path
